@@ -1,0 +1,483 @@
+//! The `ProviderCredential` API (`tokensync.dev/v1alpha1`): the one source of the CRD YAML.
+//!
+//! A ProviderCredential names a token API (a typed `oauth2` block or a declarative `http` block), a
+//! Secret in its own namespace holding the inputs, and the output Secret the token is written to.
+//! Validation that the apiserver can do on its own (shapes, patterns, CEL rules across fields) lives
+//! here, so a bad manifest is refused at admission with a message that names the field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A Go-style duration with days allowed: `90s`, `10m`, `1h30m`, `8d`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(s|m|h|d))+$";
+/// A key of a Secret's `data`.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// A DNS subdomain name (RFC 1123), as Secret names must be.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// An absolute http(s) URL; whether plain http is allowed is the controller's `--allow-insecure-http`.
+pub const URL_PATTERN: &str = r"^https?://[^/?#\s]+([/?#]\S*)?$";
+/// A JSON pointer (RFC 6901) into a response body.
+pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
+
+/// Obtains a short-lived API token from a provider and keeps it fresh in a Secret.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tokensync.dev",
+    version = "v1alpha1",
+    kind = "ProviderCredential",
+    namespaced,
+    status = "ProviderCredentialStatus",
+    shortname = "pcred",
+    category = "tokensync",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.output.secretName"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Renew","type":"date","jsonPath":".status.renewAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.oauth2) != has(self.http)").message("spec: exactly one provider block must be set: spec.oauth2 or spec.http").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("self.output.secretName != self.inputs.secretName").message("spec.output.secretName must differ from spec.inputs.secretName: the inputs are never overwritten").field_path(".output.secretName"))]
+pub struct ProviderCredentialSpec {
+    /// The Secret in this namespace that holds the provider's inputs (client id/secret,
+    /// username/password, a refresh token or a one-time authorization code).
+    pub inputs: InputsRef,
+    /// A standard OAuth 2.0 / OpenID Connect token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Spec>,
+    /// A declarative HTTP token API, for vendor logins that are not OAuth 2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+    /// The Secret the token is written to; workloads mount it.
+    pub output: OutputSpec,
+    /// When to renew the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshPolicy>,
+    /// Trust for the provider's TLS certificate, on top of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Where the inputs are: a Secret in the ProviderCredential's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InputsRef {
+    /// Name of the Secret.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key names in that Secret, when they differ from the defaults.
+    #[serde(default, skip_serializing_if = "InputKeys::is_default")]
+    pub keys: InputKeys,
+}
+
+/// Key names in the inputs Secret. Each defaults to the OAuth 2.0 parameter name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InputKeys {
+    /// Default `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub client_id: Option<String>,
+    /// Default `client_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub client_secret: Option<String>,
+    /// Default `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub username: Option<String>,
+    /// Default `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub password: Option<String>,
+    /// Default `refresh_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub refresh_token: Option<String>,
+    /// Default `code`: a one-time authorization code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub code: Option<String>,
+    /// Default `redirect_uri`: the redirect URI the authorization code was issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub redirect_uri: Option<String>,
+}
+
+impl InputKeys {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A role an input plays; each maps to a key in the inputs Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRole {
+    ClientId,
+    ClientSecret,
+    Username,
+    Password,
+    RefreshToken,
+    Code,
+    RedirectUri,
+}
+
+impl InputKeys {
+    /// The Secret key that holds `role`.
+    pub fn key(&self, role: InputRole) -> &str {
+        let (custom, default) = match role {
+            InputRole::ClientId => (&self.client_id, "client_id"),
+            InputRole::ClientSecret => (&self.client_secret, "client_secret"),
+            InputRole::Username => (&self.username, "username"),
+            InputRole::Password => (&self.password, "password"),
+            InputRole::RefreshToken => (&self.refresh_token, "refresh_token"),
+            InputRole::Code => (&self.code, "code"),
+            InputRole::RedirectUri => (&self.redirect_uri, "redirect_uri"),
+        };
+        custom.as_deref().unwrap_or(default)
+    }
+}
+
+/// A standard OAuth 2.0 token endpoint (RFC 6749), found directly or by OIDC discovery.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tokenUrl) != has(self.issuerUrl)").message("spec.oauth2: set exactly one of tokenUrl or issuerUrl").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("self.grantType != 'client_credentials' || self.clientAuthentication != 'none'").message("spec.oauth2.clientAuthentication: grantType client_credentials needs a client secret, so it cannot be none").field_path(".clientAuthentication"))]
+pub struct OAuth2Spec {
+    /// The token endpoint, e.g. `https://auth.example.com/oauth/v2/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    pub token_url: Option<String>,
+    /// An OpenID Connect issuer; the token endpoint is read from its
+    /// `/.well-known/openid-configuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    pub issuer_url: Option<String>,
+    /// The primary grant. `refresh_token` lives on a refresh token from the inputs;
+    /// `authorization_code` exchanges a one-time code from the inputs and then lives on the
+    /// refresh token it returns.
+    pub grant_type: GrantType,
+    /// Scopes to request, sent space-separated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The `audience` parameter, for providers that take one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// How the client authenticates to the token endpoint.
+    #[serde(default)]
+    pub client_authentication: ClientAuthentication,
+    /// Extra form parameters sent with every token request (e.g. `token_format: jwt`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_params: BTreeMap<String, String>,
+}
+
+/// An OAuth 2.0 grant type.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    ClientCredentials,
+    Password,
+    RefreshToken,
+    AuthorizationCode,
+}
+
+impl GrantType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::Password => "password",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::AuthorizationCode => "authorization_code",
+        }
+    }
+}
+
+/// Client authentication at the token endpoint (RFC 6749 section 2.3).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthentication {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with the form-encoded client id and secret.
+    ClientSecretBasic,
+    /// A public client: only `client_id` is sent.
+    None,
+}
+
+/// A declarative HTTP token API: how to log in, refresh and revoke, and where the token is in
+/// the response. Strings in URLs, headers and bodies are templates (`{{ inputs.username }}`);
+/// values are escaped by the body's encoder, never pasted into text.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    /// The request that obtains a token from the inputs.
+    pub login: HttpRequestSpec,
+    /// The request that renews a token with the stored refresh token (`{{ refresh_token }}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<HttpRequestSpec>,
+    /// The request that revokes a replaced token (`{{ token }}`, `{{ kept.NAME }}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke: Option<HttpRequestSpec>,
+    /// Where the token is in the login (and refresh) response.
+    #[serde(default)]
+    pub response: ResponseMapping,
+    /// Where the token is in the refresh response, when it differs from `response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_response: Option<ResponseMapping>,
+    /// A lifetime to ask for, e.g. `8d`; templates see `requested.seconds`,
+    /// `requested.expires_at` (RFC 3339) and `requested.date` (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub requested_lifetime: Option<String>,
+    /// Another ProviderCredential in this namespace whose token the requests may use, as
+    /// `{{ upstream.token }}` (e.g. a personal access token minted with an OIDC token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamRef>,
+}
+
+/// A reference to another ProviderCredential in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub provider_credential: String,
+}
+
+/// One templated HTTP request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.json) && has(self.form))").message("set at most one body: json or form"))]
+pub struct HttpRequestSpec {
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// The URL (a template); must be http(s).
+    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    pub url: String,
+    /// Request headers; values are templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON object body; every string in it is a template, rendered then JSON-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
+    pub json: Option<serde_json::Value>,
+    /// A form body (`application/x-www-form-urlencoded`); values are templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<BTreeMap<String, String>>,
+}
+
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    #[default]
+    Post,
+    Put,
+    Delete,
+}
+
+/// Where the token and its expiry are in a JSON response (JSON pointers, RFC 6901).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseMapping {
+    /// The token. Default `/access_token`.
+    #[serde(default = "default_token_pointer")]
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
+    pub token: String,
+    /// The token type; when absent the type is `Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
+    pub token_type: Option<String>,
+    /// A refresh token, kept in the operator's state Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
+    pub refresh_token: Option<String>,
+    /// The token's expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<ExpiryMapping>,
+    /// The refresh token's own deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_expiry: Option<ExpiryMapping>,
+    /// Other response fields to keep for later requests (`{{ kept.NAME }}`), e.g. a token id
+    /// for the revoke URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keep: BTreeMap<String, String>,
+}
+
+impl Default for ResponseMapping {
+    fn default() -> Self {
+        Self {
+            token: default_token_pointer(),
+            token_type: None,
+            refresh_token: None,
+            expiry: None,
+            refresh_expiry: None,
+            keep: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_token_pointer() -> String {
+    "/access_token".into()
+}
+
+/// Where an expiry is and how it is written.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.format == 'jwtExp' || has(self.pointer)").message("pointer is required unless format is jwtExp"))]
+pub struct ExpiryMapping {
+    /// JSON pointer to the value (for `jwtExp`: to the JWT; default the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
+    pub pointer: Option<String>,
+    pub format: ExpiryFormat,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ExpiryFormat {
+    /// Seconds from now, as a number or a string (`expires_in`).
+    Seconds,
+    /// Absolute Unix time in seconds.
+    EpochSeconds,
+    /// Absolute Unix time in milliseconds.
+    EpochMillis,
+    /// An RFC 3339 timestamp.
+    Rfc3339,
+    /// A calendar date (YYYY-MM-DD), taken as its start in UTC.
+    Date,
+    /// The `exp` claim of a JWT (decoded without verifying the signature).
+    JwtExp,
+}
+
+/// The Secret that workloads mount.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSpec {
+    /// Name of the Secret; tokensync creates and owns it.
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub secret_name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Keys of the Secret and their templated values over `token`, `token_type` and
+    /// `expires_at`. Default: `token`, `token_type`, `expires_at`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))", "message": "spec.output.keys: each key must be a valid Secret key ([-._a-zA-Z0-9]+)"}]))]
+    pub keys: BTreeMap<String, String>,
+}
+
+/// When to renew. Default: when two thirds of the lifetime have passed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("spec.refresh: set at most one of renewBefore or renewBeforePercentage"))]
+pub struct RefreshPolicy {
+    /// Renew this long before expiry, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub renew_before: Option<String>,
+    /// Renew when this share of the lifetime is left (1-99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<u8>,
+    /// How often to renew a token that has no known expiry. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub fallback_interval: Option<String>,
+}
+
+/// TLS trust for the provider.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.caBundleSecret) && has(self.caBundleConfigMap))").message("spec.tls: set at most one of caBundleSecret or caBundleConfigMap"))]
+pub struct TlsSpec {
+    /// PEM CA certificates in a Secret key, trusted besides the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret: Option<KeyRef>,
+    /// PEM CA certificates in a ConfigMap key, trusted besides the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_config_map: Option<KeyRef>,
+}
+
+/// A key of a Secret or ConfigMap in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// What the controller last saw and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderCredentialStatus {
+    /// `Ready` and friends, with a reason and a message that never holds a secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the current token expires (absent when the provider gives no expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the controller will renew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<Time>,
+    /// When the current token was obtained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_at: Option<Time>,
+    /// The first 8 hex characters of the current token's SHA-256, to tell tokens apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    /// Failed attempts since the last success; drives the retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// When the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_at: Option<Time>,
+    /// The spec generation and inputs version the last failed attempt used: a change retries at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_source: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_carries_cel_rules_and_printer_columns() {
+        let crd = serde_json::to_string(&ProviderCredential::crd()).unwrap();
+        assert!(crd.contains("has(self.oauth2) != has(self.http)"));
+        assert!(crd.contains("has(self.tokenUrl) != has(self.issuerUrl)"));
+        assert!(crd.contains(r#""shortNames":["pcred"]"#));
+        for col in ["Ready", "Secret", "Expires", "Renew", "Age"] {
+            assert!(crd.contains(&format!(r#""name":"{col}""#)), "{col}");
+        }
+    }
+
+    #[test]
+    fn input_keys_default_to_oauth_names() {
+        let keys = InputKeys {
+            client_secret: Some("secret".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys.key(InputRole::ClientId), "client_id");
+        assert_eq!(keys.key(InputRole::ClientSecret), "secret");
+    }
+}

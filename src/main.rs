@@ -1,0 +1,147 @@
+//! The `tokensync` binary: flags and wiring only.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::Secret;
+use tokensync::controller::{self, Config, Context};
+use tokensync::crd::ProviderCredential;
+use tokensync::telemetry::{self, LogFormat};
+use tokensync::token::Inputs;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps short-lived vendor API tokens fresh in Kubernetes Secrets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (reads KUBECONFIG or the in-cluster config).
+    Run(RunArgs),
+    /// Print the ProviderCredential CRD as YAML.
+    Crd,
+    /// Fetch one token as the controller would, without a cluster, and print a JSON summary.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "TOKENSYNC_NAMESPACE")]
+    namespace: Option<String>,
+    /// Allow plain-http token URLs. Never in production.
+    #[arg(long, env = "TOKENSYNC_ALLOW_INSECURE_HTTP")]
+    allow_insecure_http: bool,
+    /// Timeout of one request to a provider, in seconds.
+    #[arg(long, default_value_t = 30)]
+    request_timeout: u64,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENSYNC_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The ProviderCredential manifest.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// The inputs Secret manifest.
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Allow plain-http token URLs.
+    #[arg(long)]
+    allow_insecure_http: bool,
+    /// Print the token itself too.
+    #[arg(long)]
+    show_token: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", tokensync::crd_yaml());
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(args).await,
+        Command::Check(args) => check(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> std::process::ExitCode {
+    telemetry::init(args.log_format);
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "cannot build a Kubernetes client");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = Config {
+        namespace: args.namespace,
+        allow_insecure_http: args.allow_insecure_http,
+        request_timeout: Duration::from_secs(args.request_timeout),
+        concurrency: args.concurrency,
+        ..Config::default()
+    };
+    let ctx = match Context::new(client, config) {
+        Ok(c) => Arc::new(c),
+        Err(error) => {
+            tracing::error!(%error, "cannot build the HTTP client");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "tokensync controller starting"
+    );
+    controller::run(ctx, shutdown_signal()).await;
+    tracing::info!("tokensync controller stopped");
+    std::process::ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn check(args: CheckArgs) -> std::process::ExitCode {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let result = async {
+        let pc: ProviderCredential = serde_yaml::from_str(&read(&args.file)?)
+            .map_err(|e| format!("{}: not a ProviderCredential: {e}", args.file.display()))?;
+        let secret: Secret = serde_yaml::from_str(&read(&args.inputs)?)
+            .map_err(|e| format!("{}: not a Secret: {e}", args.inputs.display()))?;
+        let inputs = Inputs::from_secret(&secret);
+        tokensync::check::run(&pc, &inputs, args.allow_insecure_http, args.show_token).await
+    }
+    .await;
+    match result {
+        Ok(summary) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).expect("serializes")
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("tokensync check: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

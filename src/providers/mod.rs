@@ -1,0 +1,189 @@
+//! How to fetch a token: one module per flow, each a function from (HTTP client, spec, inputs,
+//! clock) to a [`Token`]. Nothing here knows about Kubernetes.
+
+pub mod oauth2;
+
+use base64::Engine;
+use jiff::Timestamp;
+
+use crate::crd::ProviderCredentialSpec;
+use crate::token::{Inputs, SecretValue, Token};
+
+/// Which grant to run.
+#[derive(Clone, Debug)]
+pub enum Grant {
+    /// The grant the spec names, from the inputs (client credentials, password, ...).
+    Primary,
+    /// Renew with a refresh token obtained earlier.
+    Refresh(SecretValue),
+}
+
+/// One token request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub spec: &'a ProviderCredentialSpec,
+    pub inputs: &'a Inputs,
+    pub grant: Grant,
+    pub now: Timestamp,
+    /// Whether plain-http URLs are allowed (the operator's `--allow-insecure-http`).
+    pub allow_insecure_http: bool,
+}
+
+/// Why a token could not be fetched. Messages name URLs, keys and statuses, never secret values;
+/// the controller also passes them through [`Inputs::redact`] before they leave the process.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("key {key:?} is missing from the inputs Secret (needed for {purpose})")]
+    MissingInput { key: String, purpose: &'static str },
+    #[error(
+        "{url} uses plain http; token URLs must be https unless the operator runs with --allow-insecure-http"
+    )]
+    InsecureUrl { url: String },
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{url} answered HTTP {status}{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Rejected {
+        url: String,
+        status: u16,
+        /// The provider's error code and description, when it gave them (e.g. `invalid_client`).
+        detail: Option<String>,
+    },
+    #[error("response from {url} is not usable: {reason}")]
+    BadResponse { url: String, reason: String },
+}
+
+impl ProviderError {
+    /// The condition reason this error is reported with.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::MissingInput { .. } => "InputKeyMissing",
+            ProviderError::InsecureUrl { .. } => "InsecureURL",
+            ProviderError::InvalidSpec(_) => "InvalidSpec",
+            ProviderError::Transport { .. } => "ProviderUnreachable",
+            ProviderError::Rejected { status: 401, .. }
+            | ProviderError::Rejected { status: 403, .. } => "Unauthorized",
+            ProviderError::Rejected { .. } | ProviderError::BadResponse { .. } => {
+                "TokenRequestFailed"
+            }
+        }
+    }
+
+    /// Whether the provider answered that the refresh token is no longer good (HTTP 400/401
+    /// with `invalid_grant`, or a bare 401), so a fresh primary grant is the cure.
+    pub fn is_rejected_grant(&self) -> bool {
+        match self {
+            ProviderError::Rejected { status: 401, .. } => true,
+            ProviderError::Rejected { detail, .. } => detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("invalid_grant")),
+            _ => false,
+        }
+    }
+}
+
+/// Fetch one token as the spec says.
+pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, ProviderError> {
+    match (&req.spec.oauth2, &req.spec.http) {
+        (Some(oauth2), None) => oauth2::fetch(http, oauth2, &req.spec.inputs.keys, req).await,
+        (None, Some(_)) => Err(ProviderError::InvalidSpec(
+            "spec.http: the declarative HTTP provider is not available in this version".into(),
+        )),
+        _ => Err(ProviderError::InvalidSpec(
+            "spec: exactly one provider block must be set: spec.oauth2 or spec.http".into(),
+        )),
+    }
+}
+
+/// The provider kind, for metrics and summaries.
+pub fn kind(spec: &ProviderCredentialSpec) -> &'static str {
+    match (&spec.oauth2, &spec.http) {
+        (Some(_), _) => "oauth2",
+        (None, Some(_)) => "http",
+        _ => "none",
+    }
+}
+
+/// Refuse plain http unless allowed; refuse anything that is not http(s).
+pub fn check_url(url: &str, allow_insecure_http: bool) -> Result<reqwest::Url, ProviderError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ProviderError::InvalidSpec(format!("{url:?} is not a valid URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if allow_insecure_http => Ok(parsed),
+        "http" => Err(ProviderError::InsecureUrl { url: url.into() }),
+        other => Err(ProviderError::InvalidSpec(format!(
+            "{url:?}: scheme {other:?} is not http(s)"
+        ))),
+    }
+}
+
+/// The `exp` claim of a JWT, read without verifying the signature: tokensync only needs to know
+/// when the token stops working, and the workload's peer is the one that verifies it.
+pub fn jwt_exp(jwt: &str) -> Option<Timestamp> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?;
+    let secs = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
+    Timestamp::from_second(secs).ok()
+}
+
+/// A number of seconds that may arrive as a JSON number or a string (`"1200"`).
+pub fn seconds_value(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_exp_is_read_without_verification() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"x","exp":1700000000}"#);
+        let jwt = format!("eyJhbGciOiJIUzI1NiJ9.{payload}.sig");
+        assert_eq!(jwt_exp(&jwt), Timestamp::from_second(1_700_000_000).ok());
+        assert_eq!(jwt_exp("not-a-jwt"), None);
+        assert_eq!(jwt_exp("a.b.c"), None);
+    }
+
+    #[test]
+    fn seconds_from_number_or_string() {
+        assert_eq!(seconds_value(&serde_json::json!(1200)), Some(1200));
+        assert_eq!(seconds_value(&serde_json::json!("1199")), Some(1199));
+        assert_eq!(seconds_value(&serde_json::json!(true)), None);
+    }
+
+    #[test]
+    fn urls_must_be_https_unless_allowed() {
+        assert!(check_url("https://a.example/token", false).is_ok());
+        assert!(matches!(
+            check_url("http://a.example/token", false),
+            Err(ProviderError::InsecureUrl { .. })
+        ));
+        assert!(check_url("http://127.0.0.1:8080/token", true).is_ok());
+        assert!(check_url("ftp://a.example/", true).is_err());
+    }
+
+    #[test]
+    fn rejected_grant_is_401_or_invalid_grant() {
+        let e = |status, detail: Option<&str>| ProviderError::Rejected {
+            url: "u".into(),
+            status,
+            detail: detail.map(String::from),
+        };
+        assert!(e(401, None).is_rejected_grant());
+        assert!(e(400, Some("invalid_grant: Token is not active")).is_rejected_grant());
+        assert!(!e(400, Some("invalid_request")).is_rejected_grant());
+        assert!(!e(500, None).is_rejected_grant());
+        assert_eq!(e(401, None).reason(), "Unauthorized");
+    }
+}
