@@ -7,6 +7,8 @@
 #   cluster.sh down    stop it and leave nothing running
 #   cluster.sh env     print `export KUBECONFIG=...` and PATH for the cached tools
 #   cluster.sh status  exit 0 when a control plane answers /readyz
+#   cluster.sh bin kubectl|helm   print the path of the cached tool
+#   cluster.sh kubeconfig         print the admin kubeconfig's path
 #
 # Everything lives under $TOKENSYNC_CACHE (default ~/.cache/tokensync): binaries by version in bin/,
 # Go's module and build caches in go/, the running cluster's state in cluster/.
@@ -132,8 +134,10 @@ client_cert() {
   local pki=$STATE/pki subj="/CN=$2"
   [ -n "$org" ] && subj="/O=$org/CN=$cn"
   openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+  # v3 extensions: rustls (the operator's TLS stack) refuses v1 certificates
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >"$pki/$name.ext"
   openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 365 \
-    -out "$pki/$name.crt" 2>/dev/null
+    -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
 }
 
 write_kubeconfig() {
@@ -165,7 +169,7 @@ pki() {
     -subj "/CN=tokensync-local-ca" 2>/dev/null
   openssl req -new -newkey rsa:2048 -nodes -keyout "$pki/serving.key" -subj "/CN=kube-apiserver" \
     -out "$pki/serving.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc\n' >"$pki/serving.ext"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$pki/serving.ext"
   openssl x509 -req -in "$pki/serving.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 365 \
     -extfile "$pki/serving.ext" -out "$pki/serving.crt" 2>/dev/null
   client_cert admin admin system:masters
@@ -262,5 +266,12 @@ case "${1:-}" in
   down) down ;;
   env) env_cmd ;;
   status) ready ;;
-  *) echo "usage: $0 tools|up|down|env|status" >&2; exit 2 ;;
+  bin)
+    case "${2:-}" in
+      kubectl | helm) fetch_kubectl_helm && echo "$TOOLS_BIN/$2" ;;
+      *) echo "usage: $0 bin kubectl|helm" >&2; exit 2 ;;
+    esac
+    ;;
+  kubeconfig) echo "$STATE/kubeconfig" ;;
+  *) echo "usage: $0 tools|up|down|env|status|bin|kubeconfig" >&2; exit 2 ;;
 esac

@@ -1,1 +1,210 @@
+//! Fake vendor token APIs for tokensync's tests, demo and benchmarks.
+//!
+//! Each vendor is served under its own path prefix with the paths, field names, body encodings,
+//! status codes and lifetimes of its documents (`shared/seeds/`): a client that gets a field name
+//! or an encoding wrong fails here as it would at the vendor. Lifetimes are configurable (short in
+//! tests); every request is counted; faults (status codes, delays, malformed bodies) can be
+//! switched on and off at run time.
 
+mod altitude_angel;
+mod common;
+mod pix4d;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use common::{Fault, Vendor};
+
+/// Credentials every fake accepts; the manifests in `examples/` carry the same placeholders.
+pub const CLIENT_ID: &str = "example-client-id";
+/// Holds characters that break a client that does not form-encode (`&`, `=`, `+`, `%`).
+pub const CLIENT_SECRET: &str = "example-client-secret&=+%/";
+pub const USERNAME: &str = "pilot@example.com";
+pub const PASSWORD: &str = "example-password\"&=+";
+
+/// Hosts of the real vendors, as the examples name them, and the fake's path prefix for each.
+pub const VENDOR_HOSTS: &[(&str, &str)] = &[
+    ("https://auth.altitudeangel.com", "/altitude-angel"),
+    ("https://cloud.pix4d.com", "/pix4d"),
+];
+
+/// Point a manifest's vendor URLs at the fakes served from `base` (e.g. `http://127.0.0.1:8080`).
+pub fn rewrite_urls(manifest: &str, base: &str) -> String {
+    VENDOR_HOSTS
+        .iter()
+        .fold(manifest.to_string(), |text, (host, prefix)| {
+            text.replace(host, &format!("{base}{prefix}"))
+        })
+}
+
+/// The state all fakes share.
+#[derive(Default)]
+pub struct State {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Requests per route, e.g. `altitude-angel token client_credentials`.
+    counters: BTreeMap<String, u64>,
+    faults: BTreeMap<Vendor, Fault>,
+    lifetimes: BTreeMap<Vendor, u64>,
+    serial: u64,
+    /// One-time authorization codes still unused, by vendor.
+    codes: BTreeMap<Vendor, Vec<String>>,
+    /// Live refresh tokens, by vendor.
+    refresh_tokens: BTreeMap<Vendor, Vec<String>>,
+}
+
+impl State {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many requests reached `route` (`"<vendor> <endpoint> [<grant>]"`).
+    pub fn count(&self, route: &str) -> u64 {
+        self.lock().counters.get(route).copied().unwrap_or(0)
+    }
+
+    /// All counters, for debugging a failing test.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.lock().counters.clone()
+    }
+
+    fn hit(&self, route: String) {
+        *self.lock().counters.entry(route).or_default() += 1;
+    }
+
+    /// Make every request to `vendor` fail this way until [`State::clear_fault`].
+    pub fn set_fault(&self, vendor: Vendor, fault: Fault) {
+        self.lock().faults.insert(vendor, fault);
+    }
+
+    pub fn clear_fault(&self, vendor: Vendor) {
+        self.lock().faults.remove(&vendor);
+    }
+
+    fn fault(&self, vendor: Vendor) -> Option<Fault> {
+        self.lock().faults.get(&vendor).cloned()
+    }
+
+    /// Set the lifetime of tokens `vendor` issues from now on.
+    pub fn set_lifetime(&self, vendor: Vendor, seconds: u64) {
+        self.lock().lifetimes.insert(vendor, seconds);
+    }
+
+    fn lifetime(&self, vendor: Vendor) -> u64 {
+        self.lock()
+            .lifetimes
+            .get(&vendor)
+            .copied()
+            .unwrap_or(vendor.default_lifetime())
+    }
+
+    /// A fresh, unique token string.
+    fn mint(&self, prefix: &str) -> String {
+        let mut inner = self.lock();
+        inner.serial += 1;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{prefix}-{}-{nanos:08x}", inner.serial)
+    }
+
+    /// Issue a one-time authorization code, as the vendor's browser flow would.
+    pub fn issue_code(&self, vendor: Vendor) -> String {
+        let code = self.mint("code");
+        self.lock()
+            .codes
+            .entry(vendor)
+            .or_default()
+            .push(code.clone());
+        code
+    }
+
+    fn take_code(&self, vendor: Vendor, code: &str) -> bool {
+        let mut inner = self.lock();
+        let codes = inner.codes.entry(vendor).or_default();
+        let before = codes.len();
+        codes.retain(|c| c != code);
+        codes.len() != before
+    }
+
+    fn new_refresh_token(&self, vendor: Vendor) -> String {
+        let rt = self.mint("rt");
+        self.lock()
+            .refresh_tokens
+            .entry(vendor)
+            .or_default()
+            .push(rt.clone());
+        rt
+    }
+
+    /// Use a refresh token once: it is rotated, so the old one dies.
+    fn take_refresh_token(&self, vendor: Vendor, rt: &str) -> bool {
+        let mut inner = self.lock();
+        let live = inner.refresh_tokens.entry(vendor).or_default();
+        let before = live.len();
+        live.retain(|t| t != rt);
+        live.len() != before
+    }
+
+    /// Forget every refresh token `vendor` issued (a password change, an admin revoking sessions).
+    pub fn revoke_refresh_tokens(&self, vendor: Vendor) {
+        self.lock().refresh_tokens.remove(&vendor);
+    }
+}
+
+/// A running fake server.
+pub struct FakeProviders {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FakeProviders {
+    /// Serve every vendor on `127.0.0.1:port` (0 for any free port).
+    pub async fn start(port: u16) -> std::io::Result<Self> {
+        let state = Arc::new(State::default());
+        let app = axum::Router::new()
+            .nest("/altitude-angel", altitude_angel::router())
+            .nest("/pix4d", pix4d::router())
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FakeProviders {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Wait out a delay fault.
+async fn delay(d: Duration) {
+    tokio::time::sleep(d).await;
+}

@@ -25,7 +25,8 @@ pub async fn reconcile(pc: Arc<ProviderCredential>, ctx: Arc<Context>) -> Result
         pc: &pc,
         ctx: &ctx,
         secrets: Api::namespaced(ctx.client.clone(), &ns),
-        now: Timestamp::now(),
+        // whole seconds: expiry and renewal times then read well and compare exactly
+        now: Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range"),
     }
     .run()
     .instrument(span)

@@ -1,0 +1,80 @@
+//! Altitude Angel OAuth 2.0 (`altitude-angel-oauth2.txt`): form POST `/oauth/v2/token` with
+//! `client_credentials` (client_id, client_secret, scope), `authorization_code` (client_id, code,
+//! redirect_uri) and `refresh_token` (client_id, client_secret, refresh_token). Every answer has
+//! a refresh token; `token_type` is lower-case `bearer`; tokens live 1199 s; an undeclared scope
+//! answers 401.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+
+use crate::common::{Vendor, enter, form, oauth_error};
+use crate::{CLIENT_ID, CLIENT_SECRET, State};
+
+const V: Vendor = Vendor::AltitudeAngel;
+/// The scopes declared for the example client in the developer portal.
+pub const DECLARED_SCOPES: &[&str] = &["query_mapdata", "query_mapairdata", "talk_tower"];
+/// The redirect URI registered for the example client.
+pub const REDIRECT_URI: &str = "https://tokensync.example/callback";
+
+pub fn router() -> Router<Arc<State>> {
+    Router::new().route("/oauth/v2/token", post(token))
+}
+
+async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = match form(&headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let p = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let grant = p("grant_type").to_string();
+    if let Some(r) = enter(&state, V, format!("token {grant}")).await {
+        return r;
+    }
+    let unauthorized = |d: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", d);
+    if p("client_id") != CLIENT_ID {
+        return unauthorized("unknown client");
+    }
+    match grant.as_str() {
+        "client_credentials" => {
+            if p("client_secret") != CLIENT_SECRET {
+                return unauthorized("bad client credentials");
+            }
+            let scope = p("scope");
+            if scope.split(' ').any(|s| !s.is_empty() && !DECLARED_SCOPES.contains(&s)) {
+                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_scope", "scope not declared for this client");
+            }
+        }
+        "authorization_code" => {
+            if p("redirect_uri") != REDIRECT_URI || !state.take_code(V, p("code")) {
+                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "unknown or used authorization code");
+            }
+        }
+        "refresh_token" => {
+            if p("client_secret") != CLIENT_SECRET {
+                return unauthorized("bad client credentials");
+            }
+            if !state.take_refresh_token(V, p("refresh_token")) {
+                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "refresh token expired or revoked");
+            }
+        }
+        _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "unknown grant_type"),
+    }
+    let lifetime = state.lifetime(V);
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "access_token": state.mint("aa-at"),
+            "token_type": "bearer",
+            "expires_in": lifetime,
+            "refresh_token": state.new_refresh_token(V),
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,127 @@
+//! What every fake shares: vendors, faults, form parsing, OAuth 2.0 error bodies, JWTs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::State;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Vendor {
+    AltitudeAngel,
+    Pix4d,
+}
+
+impl Vendor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Vendor::AltitudeAngel => "altitude-angel",
+            Vendor::Pix4d => "pix4d",
+        }
+    }
+
+    /// The lifetime the vendor documents, in seconds.
+    pub fn default_lifetime(self) -> u64 {
+        match self {
+            Vendor::AltitudeAngel => 1199,
+            Vendor::Pix4d => 36000,
+        }
+    }
+}
+
+/// A fault a test can switch on for one vendor.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and an OAuth-style error body.
+    Status(u16),
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+    /// Answer 200 with a body that is not JSON.
+    Malformed,
+}
+
+/// Count the request and apply the vendor's fault, if any; `Some` is the response to give instead.
+pub async fn enter(state: &State, vendor: Vendor, route: String) -> Option<Response> {
+    state.hit(format!("{} {route}", vendor.name()));
+    match state.fault(vendor)? {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Some(oauth_error(status, "server_error", "injected fault"))
+        }
+        Fault::Delay(d) => {
+            crate::delay(d).await;
+            None
+        }
+        Fault::Malformed => Some(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>502 Bad Gateway</body></html>",
+            )
+                .into_response(),
+        ),
+    }
+}
+
+/// RFC 6749 5.2 error body.
+pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// A form body, refused unless sent as `application/x-www-form-urlencoded`.
+pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<BTreeMap<String, String>, Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    Ok(form_urlencoded::parse(body).into_owned().collect())
+}
+
+/// HTTP Basic client credentials (RFC 6749 2.3.1: form-decoded after base64).
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let b64 = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let dec = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((dec(id), dec(secret)))
+}
+
+/// An unsigned-looking JWT (signature is a placeholder; tokensync never verifies it).
+pub fn jwt(claims: Value) -> String {
+    let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.{}",
+        enc(br#"{"alg":"RS256","typ":"JWT"}"#),
+        enc(claims.to_string().as_bytes()),
+        enc(b"fake-signature")
+    )
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
