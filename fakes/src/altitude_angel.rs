@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use crate::common::{Vendor, enter, form, oauth_error};
+use crate::common::{Vendor, enter, form, not_a_form, oauth_error};
 use crate::{CLIENT_ID, CLIENT_SECRET, State};
 
 const V: Vendor = Vendor::AltitudeAngel;
@@ -28,9 +28,8 @@ pub fn router() -> Router<Arc<State>> {
 }
 
 async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match form(&headers, &body) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(params) = form(&headers, &body) else {
+        return not_a_form();
     };
     let p = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
     let grant = p("grant_type").to_string();
@@ -47,13 +46,24 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
                 return unauthorized("bad client credentials");
             }
             let scope = p("scope");
-            if scope.split(' ').any(|s| !s.is_empty() && !DECLARED_SCOPES.contains(&s)) {
-                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_scope", "scope not declared for this client");
+            if scope
+                .split(' ')
+                .any(|s| !s.is_empty() && !DECLARED_SCOPES.contains(&s))
+            {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_scope",
+                    "scope not declared for this client",
+                );
             }
         }
         "authorization_code" => {
             if p("redirect_uri") != REDIRECT_URI || !state.take_code(V, p("code")) {
-                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "unknown or used authorization code");
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_grant",
+                    "unknown or used authorization code",
+                );
             }
         }
         "refresh_token" => {
@@ -61,10 +71,20 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
                 return unauthorized("bad client credentials");
             }
             if !state.take_refresh_token(V, p("refresh_token")) {
-                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "refresh token expired or revoked");
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_grant",
+                    "refresh token expired or revoked",
+                );
             }
         }
-        _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "unknown grant_type"),
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "unknown grant_type",
+            );
+        }
     }
     let lifetime = state.lifetime(V);
     (

@@ -76,20 +76,22 @@ pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Respon
         .into_response()
 }
 
-/// A form body, refused unless sent as `application/x-www-form-urlencoded`.
-pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<BTreeMap<String, String>, Response> {
+/// A form body; `None` unless sent as `application/x-www-form-urlencoded` (answer [`not_a_form`]).
+pub fn form(headers: &HeaderMap, body: &[u8]) -> Option<BTreeMap<String, String>> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    }
-    Ok(form_urlencoded::parse(body).into_owned().collect())
+    ct.starts_with("application/x-www-form-urlencoded")
+        .then(|| form_urlencoded::parse(body).into_owned().collect())
+}
+
+pub fn not_a_form() -> Response {
+    oauth_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "the body must be application/x-www-form-urlencoded",
+    )
 }
 
 /// HTTP Basic client credentials (RFC 6749 2.3.1: form-decoded after base64).

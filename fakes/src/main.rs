@@ -24,7 +24,9 @@ async fn main() -> std::io::Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: fake-providers serve [PORT] | fake-providers rewrite BASE < manifest");
+            eprintln!(
+                "usage: fake-providers serve [PORT] | fake-providers rewrite BASE < manifest"
+            );
             std::process::exit(2)
         }
     }

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
-use crate::common::{Vendor, basic_credentials, enter, form, jwt, now_secs, oauth_error};
+use crate::common::{
+    Vendor, basic_credentials, enter, form, jwt, not_a_form, now_secs, oauth_error,
+};
 use crate::{CLIENT_ID, CLIENT_SECRET, State};
 
 const V: Vendor = Vendor::Pix4d;
@@ -23,9 +25,8 @@ pub fn router() -> Router<Arc<State>> {
 }
 
 async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match form(&headers, &body) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(params) = form(&headers, &body) else {
+        return not_a_form();
     };
     let p = |k: &str| params.get(k).cloned().unwrap_or_default();
     let grant = p("grant_type");
@@ -33,17 +34,27 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         return r;
     }
     if grant != "client_credentials" {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials",
+        );
     }
     // Django OAuth Toolkit takes client credentials in the body or as HTTP Basic
     let (id, secret) = basic_credentials(&headers).unwrap_or((p("client_id"), p("client_secret")));
     if id != CLIENT_ID || secret != CLIENT_SECRET {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "bad client credentials");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "bad client credentials",
+        );
     }
     let lifetime = state.lifetime(V);
     let opaque = state.mint("p4d");
     let access_token = if p("token_format") == "jwt" {
-        jwt(json!({"sub": CLIENT_ID, "jti": opaque, "exp": now_secs() + lifetime, "scope": "read write"}))
+        jwt(
+            json!({"sub": CLIENT_ID, "jti": opaque, "exp": now_secs() + lifetime, "scope": "read write"}),
+        )
     } else {
         opaque
     };

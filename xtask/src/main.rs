@@ -24,7 +24,10 @@ fn main() -> ExitCode {
         Some("gen") => gen_crds(),
         Some("cluster") => cluster(&args[1..]),
         Some("bench") => bench(),
-        _ => Err("usage: cargo xtask demo | test | gen | cluster up|down|env|tools|status | bench".into()),
+        _ => Err(
+            "usage: cargo xtask demo | test | gen | cluster up|down|env|tools|status | bench"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,8 +107,7 @@ fn crd_paths() -> [PathBuf; 2] {
 }
 
 fn crd_yaml() -> Result<String> {
-    output(cargo().args(["run", "--quiet", "--bin", "tokensync", "--", "crd"]))
-        .map(|s| s + "\n")
+    output(cargo().args(["run", "--quiet", "--bin", "tokensync", "--", "crd"])).map(|s| s + "\n")
 }
 
 fn gen_crds() -> Result {
@@ -113,7 +115,10 @@ fn gen_crds() -> Result {
     for path in crd_paths() {
         std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
         std::fs::write(&path, &yaml).map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.strip_prefix(root()).unwrap_or(&path).display());
+        eprintln!(
+            "wrote {}",
+            path.strip_prefix(root()).unwrap_or(&path).display()
+        );
     }
     Ok(())
 }
@@ -140,14 +145,25 @@ fn test() -> Result {
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step("cargo clippy -D warnings");
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     let chart = root().join("charts/tokensync/Chart.yaml");
     if chart.exists() {
         step("helm lint");
         run(Command::new(tool("helm")?).args(["lint", "--strict", "charts/tokensync"]))?;
     }
     step("local control plane (built and cached on first use)");
-    let was_running = cluster_sh().arg("status").status().is_ok_and(|s| s.success());
+    let was_running = cluster_sh()
+        .arg("status")
+        .status()
+        .is_ok_and(|s| s.success());
     run(cluster_sh().arg("up"))?;
     step("cargo test (unit and integration tests on the real apiserver)");
     let result = run(cargo()
@@ -208,9 +224,26 @@ fn demo() -> Result {
     eprintln!("serving at {base}");
 
     step("CRD and examples");
-    run(&mut k(&["apply", "--server-side", "-f", &format!("crds/{CRD_FILE}")]))?;
-    run(&mut k(&["wait", "--for=condition=Established", "crd/providercredentials.tokensync.dev", "--timeout=60s"]))?;
-    let ns_yaml = output(&mut k(&["create", "namespace", DEMO_NS, "--dry-run=client", "-o", "yaml"]))?;
+    run(&mut k(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &format!("crds/{CRD_FILE}"),
+    ]))?;
+    run(&mut k(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/providercredentials.tokensync.dev",
+        "--timeout=60s",
+    ]))?;
+    let ns_yaml = output(&mut k(&[
+        "create",
+        "namespace",
+        DEMO_NS,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]))?;
     apply_stdin(&mut k(&["apply", "-f", "-"]), &ns_yaml)?;
     let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
         .map_err(|e| e.to_string())?
@@ -230,7 +263,8 @@ fn demo() -> Result {
     }
 
     step("tokensync operator");
-    let log = std::fs::File::create(log_dir.join("demo-operator.log")).map_err(|e| e.to_string())?;
+    let log =
+        std::fs::File::create(log_dir.join("demo-operator.log")).map_err(|e| e.to_string())?;
     let mut operator = Background(
         Command::new(bin.join("tokensync"))
             .args(["run", "--allow-insecure-http", "--namespace", DEMO_NS])
@@ -241,21 +275,34 @@ fn demo() -> Result {
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ok = k(&["wait", "--for=condition=Ready", "pcred", "--all", "-n", DEMO_NS, "--timeout=5s"])
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = k(&[
+            "wait",
+            "--for=condition=Ready",
+            "pcred",
+            "--all",
+            "-n",
+            DEMO_NS,
+            "--timeout=5s",
+        ])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
         if ok {
             break;
         }
         if let Ok(Some(status)) = operator.0.try_wait() {
-            return Err(format!("the operator exited ({status}); see .tokensync/demo-operator.log"));
+            return Err(format!(
+                "the operator exited ({status}); see .tokensync/demo-operator.log"
+            ));
         }
         if Instant::now() > deadline {
             run(&mut k(&["get", "pcred", "-n", DEMO_NS, "-o", "wide"]))?;
-            return Err("not every ProviderCredential became Ready; see .tokensync/demo-operator.log".into());
+            return Err(
+                "not every ProviderCredential became Ready; see .tokensync/demo-operator.log"
+                    .into(),
+            );
         }
     }
 
@@ -263,11 +310,24 @@ fn demo() -> Result {
     run(&mut k(&["get", "pcred", "-n", DEMO_NS, "-o", "wide"]))?;
     step("synced Secrets (token values shortened)");
     let names = output(&mut k(&[
-        "get", "pcred", "-n", DEMO_NS, "-o", "jsonpath={range .items[*]}{.spec.output.secretName}{\"\\n\"}{end}",
+        "get",
+        "pcred",
+        "-n",
+        DEMO_NS,
+        "-o",
+        "jsonpath={range .items[*]}{.spec.output.secretName}{\"\\n\"}{end}",
     ]))?;
     for name in names.lines().filter(|l| !l.is_empty()) {
         let tmpl = "{{range $k, $v := .data}}{{$k}}={{$v | base64decode}}\n{{end}}";
-        let data = output(&mut k(&["get", "secret", name, "-n", DEMO_NS, "-o", &format!("go-template={tmpl}")]))?;
+        let data = output(&mut k(&[
+            "get",
+            "secret",
+            name,
+            "-n",
+            DEMO_NS,
+            "-o",
+            &format!("go-template={tmpl}"),
+        ]))?;
         println!("Secret {DEMO_NS}/{name}");
         for entry in data.lines() {
             let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
@@ -307,5 +367,9 @@ fn apply_stdin(cmd: &mut Command, text: &str) -> Result {
         .write_all(text.as_bytes())
         .map_err(|e| e.to_string())?;
     let status = child.wait().map_err(|e| e.to_string())?;
-    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed"))
+    }
 }

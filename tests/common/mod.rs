@@ -1,0 +1,319 @@
+//! Integration test harness: the real local control plane (started by `xtask/cluster.sh` when
+//! none runs), a namespace per test, the operator in-process scoped to that namespace, and the
+//! fake vendor APIs.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, ResourceExt};
+use tokensync::controller::{self, Config, Context};
+use tokensync::crd::ProviderCredential;
+
+pub use tokensync_fakes::{FakeProviders, Fault, Vendor};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cluster_sh(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(root().join("xtask/cluster.sh"))
+        .args(args)
+        .output()
+        .expect("bash runs xtask/cluster.sh")
+}
+
+/// The admin kubeconfig of a running control plane; starts one when none runs. A control plane
+/// that cannot start fails the test with the reason: tests that need it are never skipped.
+fn kubeconfig() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let up = cluster_sh(&["up"]);
+        assert!(
+            up.status.success(),
+            "the local control plane did not start:\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let out = cluster_sh(&["kubeconfig"]);
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// Path of a cached tool (`kubectl`, `helm`).
+pub fn tool(name: &str) -> String {
+    let out = cluster_sh(&["bin", name]);
+    assert!(out.status.success(), "no {name}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn kubeconfig_path() -> PathBuf {
+    kubeconfig().to_path_buf()
+}
+
+/// Logs of every operator this test binary runs, to grep for secrets.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::new("info,tokensync=trace,kube=debug");
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(|| Capture)
+            .with_ansi(false)
+            .init();
+    });
+}
+
+pub async fn client() -> Client {
+    init_logging();
+    let path = tokio::task::spawn_blocking(kubeconfig).await.unwrap();
+    let kc = Kubeconfig::read_from(path).expect("kubeconfig reads");
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is valid");
+    let client = Client::try_from(config).expect("client builds");
+    install_crd(&client).await;
+    client
+}
+
+/// Apply the generated CRD from `crds/` (so the tests exercise the file that ships) and wait
+/// until it is established.
+async fn install_crd(client: &Client) {
+    let text = std::fs::read_to_string(root().join("crds/tokensync.dev_providercredentials.yaml"))
+        .expect("crds/ exists: run cargo xtask gen");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("tokensync-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("CRD applies");
+    eventually("CRD established", Duration::from_secs(30), || async {
+        let crd = api.get(&crd.name_any()).await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Poll `f` every 200 ms until it gives `Some`; panic naming `what` after `timeout`. The
+/// timeout bounds a wait for a state; it is not a measure of speed.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace of its own for one test.
+pub struct TestNs {
+    pub client: Client,
+    pub name: String,
+}
+
+impl TestNs {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("{prefix}-{:x}", nanos ^ std::process::id());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"tokensync.dev/test": "true"}}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &ns).await.unwrap();
+        Self {
+            client: client.clone(),
+            name,
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Apply a multi-document manifest (Secrets and ProviderCredentials) into this namespace.
+    pub async fn apply(&self, manifest: &str) {
+        for doc in manifest.split("\n---") {
+            let value: serde_json::Value = match serde_yaml::from_str(doc) {
+                Ok(v) if !v_is_null(&v) => v,
+                _ => continue,
+            };
+            let pp = PatchParams::apply("tokensync-tests").force();
+            match value["kind"].as_str() {
+                Some("Secret") => {
+                    let s: Secret = serde_json::from_value(value).unwrap();
+                    self.api::<Secret>()
+                        .patch(&s.name_any(), &pp, &Patch::Apply(&s))
+                        .await
+                        .unwrap();
+                }
+                Some("ProviderCredential") => {
+                    let p: ProviderCredential = serde_json::from_value(value).unwrap();
+                    self.api::<ProviderCredential>()
+                        .patch(&p.name_any(), &pp, &Patch::Apply(&p))
+                        .await
+                        .unwrap();
+                }
+                other => panic!("unexpected kind {other:?} in a manifest"),
+            }
+        }
+    }
+
+    /// Apply `examples/NAME` with its vendor URLs pointed at `fakes`.
+    pub async fn apply_example(&self, name: &str, fakes: &FakeProviders) {
+        let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
+        self.apply(&tokensync_fakes::rewrite_urls(&text, &fakes.base_url()))
+            .await;
+    }
+
+    pub async fn pcred(&self, name: &str) -> ProviderCredential {
+        self.api::<ProviderCredential>().get(name).await.unwrap()
+    }
+
+    /// Wait until `name`'s Ready condition has `status` (and `reason`, when given).
+    pub async fn wait_ready(
+        &self,
+        name: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> ProviderCredential {
+        let api = self.api::<ProviderCredential>();
+        eventually(
+            &format!("{name} Ready={status} {reason:?}"),
+            Duration::from_secs(60),
+            || async {
+                let pc = api.get(name).await.ok()?;
+                let c = ready(&pc)?;
+                (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(pc)
+            },
+        )
+        .await
+    }
+
+    /// The events about `name`.
+    pub async fn events(&self, name: &str) -> Vec<Event> {
+        let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        self.api::<Event>().list(&lp).await.unwrap().items
+    }
+
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::background()).await;
+    }
+}
+
+fn v_is_null(v: &serde_json::Value) -> bool {
+    v.is_null()
+}
+
+pub fn ready(
+    pc: &ProviderCredential,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    pc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
+/// The operator, in-process, watching one namespace.
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Operator {
+    pub fn start(client: &Client, namespace: &str) -> Self {
+        Self::start_with(
+            client,
+            Config {
+                namespace: Some(namespace.into()),
+                allow_insecure_http: true,
+                ..Config::default()
+            },
+        )
+    }
+
+    pub fn start_with(client: &Client, config: Config) -> Self {
+        let ctx = Arc::new(Context::new(client.clone(), config).unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(ctx, async {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stop gracefully: in-flight reconciles finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
