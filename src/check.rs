@@ -42,6 +42,7 @@ pub async fn run(
         grant: Grant::Primary,
         now: Timestamp::now(),
         allow_insecure_http,
+        upstream: None,
     };
     let token = providers::fetch(&http, &request)
         .await

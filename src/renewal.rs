@@ -129,6 +129,21 @@ pub struct Current {
     pub renew_at: Timestamp,
     /// The spec generation and inputs version the token was obtained with.
     pub source: String,
+    /// When the stored refresh token dies, if it has a deadline.
+    pub refresh_expires_at: Option<Timestamp>,
+}
+
+impl Current {
+    /// When to stop relying on the refresh token and do the primary grant: as long before its
+    /// deadline as the access token is renewed before its expiry.
+    pub fn refresh_renew_at(&self) -> Option<Timestamp> {
+        let deadline = self.refresh_expires_at?;
+        let margin = match self.expires_at {
+            Some(e) => e.duration_since(self.renew_at).max(SignedDuration::ZERO),
+            None => SignedDuration::ZERO,
+        };
+        Some(truncate(deadline - margin))
+    }
 }
 
 /// The last failed attempt, as recorded in status.
@@ -158,6 +173,30 @@ pub enum Reason {
     Due,
     /// The token has expired (e.g. the controller was down).
     Expired,
+    /// The refresh token's own deadline is near: time for the primary grant.
+    RefreshTokenExpiring,
+}
+
+/// Which grant a renewal runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantChoice {
+    Primary,
+    Refresh,
+    /// Neither works: the refresh token is gone and the inputs were one-time (an authorization
+    /// code already exchanged). A person must provide new inputs.
+    NeedsNewInputs,
+}
+
+/// Choose the grant for a renewal. `refresh_usable`: a refresh token is stored and alive;
+/// `primary_possible`: the inputs allow the primary grant (not an already-used one-time code).
+pub fn choose_grant(reason: Reason, refresh_usable: bool, primary_possible: bool) -> GrantChoice {
+    let prefer_primary = matches!(reason, Reason::RefreshTokenExpiring | Reason::SourceChanged);
+    match (prefer_primary, refresh_usable, primary_possible) {
+        (true, _, true) => GrantChoice::Primary,
+        (_, true, _) => GrantChoice::Refresh,
+        (false, false, true) => GrantChoice::Primary,
+        (_, false, false) => GrantChoice::NeedsNewInputs,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +233,11 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     if now >= current.renew_at {
         return Decision::Renew(Reason::Due);
     }
-    Decision::Wait(current.renew_at)
+    match current.refresh_renew_at() {
+        Some(at) if now >= at => Decision::Renew(Reason::RefreshTokenExpiring),
+        Some(at) => Decision::Wait(at.min(current.renew_at)),
+        None => Decision::Wait(current.renew_at),
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +255,7 @@ mod tests {
             expires_at,
             renew_at: Policy::default().renew_at(t(issued), expires_at),
             source: "1/100".into(),
+            refresh_expires_at: None,
         }
     }
 
@@ -325,6 +369,46 @@ mod tests {
         // the inputs changed since the failure: retry now
         obs.source = "1/101".into();
         assert_eq!(decide(&obs, t(101)), Decision::Renew(Reason::Missing));
+    }
+
+    #[test]
+    fn the_primary_grant_runs_before_the_refresh_token_dies() {
+        // access token 0..1200 renewed at 800; refresh token dies at 2000: primary grant at 1600
+        let mut cur = current(0, Some(1200));
+        cur.refresh_expires_at = Some(t(2000));
+        assert_eq!(cur.refresh_renew_at(), Some(t(1600)));
+        let obs = observed(Some(cur.clone()));
+        assert_eq!(decide(&obs, t(1)), Decision::Wait(t(800)));
+        // a refresh token dying before the access token's renewal pulls the renewal earlier
+        cur.refresh_expires_at = Some(t(1000));
+        let obs = observed(Some(cur));
+        assert_eq!(decide(&obs, t(1)), Decision::Wait(t(600)));
+        assert_eq!(
+            decide(&obs, t(600)),
+            Decision::Renew(Reason::RefreshTokenExpiring)
+        );
+    }
+
+    #[test]
+    fn grant_choice() {
+        use GrantChoice::*;
+        // routine renewals live on the refresh token while it lives
+        assert_eq!(choose_grant(Reason::Due, true, true), Refresh);
+        assert_eq!(choose_grant(Reason::Expired, true, false), Refresh);
+        assert_eq!(choose_grant(Reason::Due, false, true), Primary);
+        // its deadline near, or new inputs: the primary grant, if the inputs allow one
+        assert_eq!(
+            choose_grant(Reason::RefreshTokenExpiring, true, true),
+            Primary
+        );
+        assert_eq!(
+            choose_grant(Reason::RefreshTokenExpiring, true, false),
+            Refresh
+        );
+        assert_eq!(choose_grant(Reason::SourceChanged, true, true), Primary);
+        // a used authorization code and no refresh token: a person must act
+        assert_eq!(choose_grant(Reason::Due, false, false), NeedsNewInputs);
+        assert_eq!(choose_grant(Reason::Missing, false, false), NeedsNewInputs);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod output;
 mod reconcile;
+mod state;
 mod status;
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
 pub use output::{ANNOTATION_PREFIX, MANAGED_BY_LABEL, MANAGER};
+pub use reconcile::FINALIZER;
+pub use state::name as state_secret_name;
 pub use status::{REASON_ISSUED, REASON_RENEWED};
 
 use crate::crd::ProviderCredential;
@@ -87,11 +90,33 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the ProviderCredential has no namespace")]
     NoNamespace,
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("revocation of a token failed (attempt {attempts}); retrying")]
+    RevocationPending { attempts: u32 },
+}
+
+impl Error {
+    /// How long to wait before the next try.
+    fn retry_after(&self) -> Duration {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::RevocationPending { attempts } => {
+                Duration::try_from(crate::renewal::backoff(*attempts))
+                    .unwrap_or(Duration::from_secs(5))
+            }
+            Error::Finalizer(e) => match e.as_ref() {
+                F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.retry_after(),
+                _ => Duration::from_secs(5),
+            },
+            _ => Duration::from_secs(5),
+        }
+    }
 }
 
 fn error_policy(_pc: Arc<ProviderCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(error.retry_after())
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -103,6 +128,14 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Whether `pc` must be reconciled when the Secret `name` in its namespace changes.
+fn depends_on(pc: &ProviderCredential, name: &str) -> bool {
+    let upstream = pc.spec.http.as_ref().and_then(|h| h.upstream.as_ref());
+    pc.spec.inputs.secret_name == name
+        || pc.spec.output.secret_name == name
+        || upstream.is_some_and(|u| state::owner_name(name) == Some(u.provider_credential.as_str()))
 }
 
 /// Run the controller until `shutdown` resolves.
@@ -118,19 +151,16 @@ pub async fn run(
     let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
     controller
         .with_config(config)
-        // One metadata-only watch over Secrets: an output Secret changed or deleted by hand, or an
-        // inputs Secret created or changed, maps back to the ProviderCredentials naming it.
+        // One metadata-only watch over Secrets: an output Secret changed or deleted by hand, an
+        // inputs Secret created or changed, or an upstream credential's new token, maps back to
+        // the ProviderCredentials that depend on it.
         .watches(secrets, watcher::Config::default(), move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();
             store
                 .state()
                 .into_iter()
-                .filter(|pc| {
-                    pc.namespace() == ns
-                        && (pc.spec.inputs.secret_name == name
-                            || pc.spec.output.secret_name == name)
-                })
+                .filter(|pc| pc.namespace() == ns && depends_on(pc, &name))
                 .map(|pc| ObjectRef::from_obj(&*pc))
                 .collect::<Vec<_>>()
         })
@@ -142,4 +172,32 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_map_back_to_the_credentials_that_use_them() {
+        let pc: ProviderCredential = serde_yaml::from_str(
+            r#"
+apiVersion: tokensync.dev/v1alpha1
+kind: ProviderCredential
+metadata: {name: dronetag-pat, namespace: ns}
+spec:
+  inputs: {secretName: dronetag-login}
+  output: {secretName: dronetag-pat-token}
+  http:
+    login: {url: "https://api.example/v2/pats/tokens"}
+    upstream: {providerCredential: dronetag}
+"#,
+        )
+        .unwrap();
+        assert!(depends_on(&pc, "dronetag-login"));
+        assert!(depends_on(&pc, "dronetag-pat-token"));
+        assert!(depends_on(&pc, "dronetag-tokensync-state"));
+        assert!(!depends_on(&pc, "dronetag-pat-tokensync-state"));
+        assert!(!depends_on(&pc, "unrelated"));
+    }
 }

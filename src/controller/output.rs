@@ -42,6 +42,8 @@ pub fn current(secret: &Secret) -> Option<Current> {
         expires_at: time(EXPIRES_AT),
         renew_at: time(RENEW_AT)?,
         source: ann.get(SOURCE)?.clone(),
+        // kept in the state Secret, filled in by the reconcile
+        refresh_expires_at: None,
     })
 }
 

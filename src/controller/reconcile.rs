@@ -1,4 +1,5 @@
-//! One reconcile, as named steps: gather -> decide -> fetch -> build -> apply -> status.
+//! One reconcile, as named steps: gather -> decide -> fetch -> build -> apply -> status, and the
+//! cleanup that revokes tokens when a ProviderCredential with a revoke request is deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,27 +9,39 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
 
-use super::status;
-use super::{Context, Error, output};
-use crate::crd::{ProviderCredential, ProviderCredentialStatus};
-use crate::providers::{self, Grant, Request};
-use crate::renewal::{self, Decision, Failure, Observed, Policy, Reason};
-use crate::token::Inputs;
+use super::state::{self, MAX_REVOKE_ATTEMPTS, Pending, State};
+use super::{Context, Error, output, status};
+use crate::crd::{GrantType, InputRole, ProviderCredential, ProviderCredentialSpec};
+use crate::providers::{self, Grant, Request, Upstream, http as http_provider};
+use crate::renewal::{self, Decision, Failure, GrantChoice, Observed, Policy, Reason};
+use crate::token::{Inputs, SecretValue, Token};
+
+/// Held while a ProviderCredential with a revoke request exists, so its tokens are revoked.
+pub const FINALIZER: &str = "tokensync.dev/revoke";
 
 pub async fn reconcile(pc: Arc<ProviderCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pc.namespace().ok_or(Error::NoNamespace)?;
     let span = tracing::info_span!("reconcile", namespace = %ns, name = %pc.name_any());
-    Reconcile {
-        pc: &pc,
-        ctx: &ctx,
-        secrets: Api::namespaced(ctx.client.clone(), &ns),
-        // whole seconds: expiry and renewal times then read well and compare exactly
-        now: Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range"),
+    async move {
+        let needs_finalizer = pc.spec.http.as_ref().is_some_and(|h| h.revoke.is_some())
+            || pc.finalizers().iter().any(|f| f == FINALIZER);
+        if !needs_finalizer {
+            return Reconcile::new(&pc, &ctx, &ns).run().await;
+        }
+        let api: Api<ProviderCredential> = Api::namespaced(ctx.client.clone(), &ns);
+        finalizer(&api, FINALIZER, pc.clone(), |event| async {
+            match event {
+                FinalizerEvent::Apply(pc) => Reconcile::new(&pc, &ctx, &ns).run().await,
+                FinalizerEvent::Cleanup(pc) => Reconcile::new(&pc, &ctx, &ns).cleanup().await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
     }
-    .run()
     .instrument(span)
     .await
 }
@@ -40,18 +53,48 @@ struct Reconcile<'a> {
     now: Timestamp,
 }
 
-impl Reconcile<'_> {
-    fn status(&self) -> ProviderCredentialStatus {
+/// A failure the user must see as `Ready=False`.
+struct Failed {
+    reason: &'static str,
+    message: String,
+}
+
+impl Failed {
+    fn new(reason: &'static str, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
+impl<'a> Reconcile<'a> {
+    fn new(pc: &'a ProviderCredential, ctx: &'a Context, ns: &str) -> Self {
+        Self {
+            pc,
+            ctx,
+            secrets: Api::namespaced(ctx.client.clone(), ns),
+            // whole seconds: expiry and renewal times then read well and compare exactly
+            now: Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range"),
+        }
+    }
+
+    fn spec(&self) -> &ProviderCredentialSpec {
+        &self.pc.spec
+    }
+
+    fn status(&self) -> crate::crd::ProviderCredentialStatus {
         self.pc.status.clone().unwrap_or_default()
     }
 
     async fn run(&self) -> Result<Action, Error> {
-        let spec = &self.pc.spec;
+        let spec = self.spec();
         let generation = self.pc.metadata.generation.unwrap_or_default();
 
         // gather
         let output = self.secrets.get_opt(&spec.output.secret_name).await?;
         let inputs_secret = self.secrets.get_opt(&spec.inputs.secret_name).await?;
+        let state_secret = self
+            .secrets
+            .get_opt(&state::name(&self.pc.name_any()))
+            .await?;
         let source = format!(
             "{generation}/{}",
             inputs_secret
@@ -59,16 +102,19 @@ impl Reconcile<'_> {
                 .and_then(|s| s.resource_version())
                 .unwrap_or_else(|| "none".into())
         );
-        if let Some(secret) = &output
-            && !output::owned_by(secret, self.pc)
-        {
-            let message = format!(
-                "Secret {:?} exists and is not owned by this ProviderCredential; tokensync never overwrites it",
-                spec.output.secret_name
-            );
-            return self
-                .fail(status::REASON_OWNED_ELSEWHERE, message, &source)
-                .await;
+        for secret in output.iter().chain(state_secret.iter()) {
+            if !output::owned_by(secret, self.pc) {
+                let message = format!(
+                    "Secret {:?} exists and is not owned by this ProviderCredential; tokensync never overwrites it",
+                    secret.name_any()
+                );
+                return self
+                    .fail(
+                        Failed::new(status::REASON_OWNED_ELSEWHERE, message),
+                        &source,
+                    )
+                    .await;
+            }
         }
         let Some(inputs_secret) = inputs_secret else {
             let message = format!(
@@ -77,21 +123,29 @@ impl Reconcile<'_> {
                 self.pc.namespace().unwrap_or_default()
             );
             return self
-                .fail(status::REASON_INPUTS_NOT_FOUND, message, &source)
+                .fail(
+                    Failed::new(status::REASON_INPUTS_NOT_FOUND, message),
+                    &source,
+                )
                 .await;
         };
         let policy = match Policy::from_spec(spec.refresh.as_ref()) {
             Ok(p) => p,
             Err(message) => {
                 return self
-                    .fail(status::REASON_INVALID_SPEC, message, &source)
+                    .fail(Failed::new(status::REASON_INVALID_SPEC, message), &source)
                     .await;
             }
         };
+        let mut state = state_secret.as_ref().map(State::read).unwrap_or_default();
+        let inputs = Inputs::from_secret(&inputs_secret);
 
         // decide
         let prev = self.status();
-        let current = output.as_ref().and_then(output::current);
+        let current = output.as_ref().and_then(output::current).map(|mut c| {
+            c.refresh_expires_at = state.refresh_expires_at;
+            c
+        });
         let observed = Observed {
             current: current.clone(),
             source: source.clone(),
@@ -123,38 +177,83 @@ impl Reconcile<'_> {
                         status::success(&prev, Some(generation), current, fp, &reason, self.now);
                     self.write_status(&prev, next).await?;
                 }
-                return Ok(requeue_at(until, self.now));
+                if self.revoke_due(&mut state, &inputs).await {
+                    self.apply_state(&state).await?;
+                }
+                return Ok(requeue_at(next_wake(until, &state), self.now));
             }
             Decision::Renew(reason) => reason,
         };
 
         // fetch
-        let inputs = Inputs::from_secret(&inputs_secret);
-        let request = Request {
-            spec,
-            inputs: &inputs,
-            grant: Grant::Primary,
-            now: self.now,
-            allow_insecure_http: self.ctx.config.allow_insecure_http,
+        let upstream = match self.upstream().await? {
+            Ok(up) => up,
+            Err(failed) => return self.fail(failed, &source).await,
         };
-        let token = match providers::fetch(&self.ctx.http, &request).await {
+        let primary_possible = primary_possible(spec, &inputs, &state);
+        let refresh_usable = state.refresh_usable(self.now) && has_refresh_request(spec);
+        let mut grant = match renewal::choose_grant(reason, refresh_usable, primary_possible) {
+            GrantChoice::Primary => Grant::Primary,
+            GrantChoice::Refresh => Grant::Refresh(state.refresh_token.clone().expect("usable")),
+            GrantChoice::NeedsNewInputs => {
+                let message = format!(
+                    "no usable refresh token and the one-time inputs were already used: a person must put new inputs (an authorization code or a refresh token) into Secret {:?}",
+                    spec.inputs.secret_name
+                );
+                return self
+                    .fail(
+                        Failed::new(status::REASON_NEEDS_NEW_INPUTS, message),
+                        &source,
+                    )
+                    .await;
+            }
+        };
+        let mut result = self.fetch(&inputs, &grant, upstream.clone()).await;
+        if matches!(grant, Grant::Refresh(_))
+            && let Err(e) = &result
+            && e.is_rejected_grant()
+        {
+            // a dead refresh token is cured by the primary grant, once, if the inputs allow it
+            state.refresh_token = None;
+            state.refresh_expires_at = None;
+            self.apply_state(&state).await?;
+            if !primary_possible {
+                let message = format!(
+                    "the provider rejected the refresh token ({}) and the inputs allow no new login: a person must put new inputs into Secret {:?}",
+                    inputs.redact(&e.to_string()),
+                    spec.inputs.secret_name
+                );
+                return self
+                    .fail(
+                        Failed::new(status::REASON_REFRESH_REJECTED, message),
+                        &source,
+                    )
+                    .await;
+            }
+            warn!("refresh token rejected; falling back to the primary grant");
+            grant = Grant::Primary;
+            result = self.fetch(&inputs, &grant, upstream).await;
+        }
+        let token = match result {
             Ok(token) => token,
             Err(e) => {
                 let message = inputs.redact(&e.to_string());
-                return self.fail(e.reason(), message, &source).await;
+                return self.fail(Failed::new(e.reason(), message), &source).await;
             }
         };
 
-        // build + apply
+        // build + apply: the state first, so a rotated refresh token is never lost
         let renew_at = policy.renew_at(token.issued_at, token.expires_at);
         let secret = match output::build(self.pc, &token, renew_at, &source) {
             Ok(s) => s,
             Err(message) => {
                 return self
-                    .fail(status::REASON_INVALID_SPEC, message, &source)
+                    .fail(Failed::new(status::REASON_INVALID_SPEC, message), &source)
                     .await;
             }
         };
+        self.record(&mut state, &token, &grant, &inputs);
+        self.apply_state(&state).await?;
         self.secrets
             .patch(
                 &spec.output.secret_name,
@@ -174,8 +273,12 @@ impl Reconcile<'_> {
             expires_at = ?token.expires_at.map(|t| t.to_string()),
             renew_at = %renew_at,
             why = ?reason,
+            grant = if matches!(grant, Grant::Primary) { "primary" } else { "refresh" },
             "token {verb}"
         );
+        if self.revoke_due(&mut state, &inputs).await {
+            self.apply_state(&state).await?;
+        }
 
         // status
         let current = renewal::Current {
@@ -183,6 +286,7 @@ impl Reconcile<'_> {
             expires_at: token.expires_at,
             renew_at,
             source,
+            refresh_expires_at: state.refresh_expires_at,
         };
         let next = status::success(
             &prev,
@@ -206,17 +310,223 @@ impl Reconcile<'_> {
             ),
         )
         .await;
-        Ok(requeue_at(renew_at, self.now))
+        let wake = current
+            .refresh_renew_at()
+            .map_or(renew_at, |r| r.min(renew_at));
+        Ok(requeue_at(next_wake(wake, &state), self.now))
+    }
+
+    async fn fetch(
+        &self,
+        inputs: &Inputs,
+        grant: &Grant,
+        upstream: Option<Upstream>,
+    ) -> Result<Token, providers::ProviderError> {
+        let request = Request {
+            spec: self.spec(),
+            inputs,
+            grant: grant.clone(),
+            now: self.now,
+            allow_insecure_http: self.ctx.config.allow_insecure_http,
+            upstream,
+        };
+        providers::fetch(&self.ctx.http, &request).await
+    }
+
+    /// Fold a new token into the state: rotate the refresh token, remember used one-time
+    /// inputs, queue the replaced token for revocation.
+    fn record(&self, state: &mut State, token: &Token, grant: &Grant, inputs: &Inputs) {
+        let revocable = self
+            .spec()
+            .http
+            .as_ref()
+            .is_some_and(|h| h.revoke.is_some());
+        let old_kept = std::mem::take(&mut state.kept);
+        if let Some(old) = state.token.take()
+            && revocable
+            && old != token.value
+        {
+            state.pending.push(Pending {
+                token: old,
+                kept: old_kept,
+                attempts: 0,
+                next_at: self.now,
+            });
+        }
+        state.token = Some(token.value.clone());
+        state.token_type = Some(token.token_type.clone());
+        state.expires_at = token.expires_at;
+        state.kept = token.kept.clone();
+        match (&token.refresh_token, grant) {
+            (Some(rt), _) => {
+                state.refresh_token = Some(rt.clone());
+                state.refresh_expires_at = token.refresh_expires_at;
+            }
+            // a refresh answer without a new refresh token: the old one stays good
+            (None, Grant::Refresh(_)) => {}
+            (None, Grant::Primary) => {
+                state.refresh_token = None;
+                state.refresh_expires_at = None;
+            }
+        }
+        if matches!(grant, Grant::Primary)
+            && let Some(fp) = one_time_input(self.spec(), inputs).map(|v| v.fingerprint())
+            && !state.used_inputs.contains(&fp)
+        {
+            state.used_inputs.push(fp);
+        }
+    }
+
+    async fn apply_state(&self, state: &State) -> Result<(), Error> {
+        let secret = state.build(self.pc);
+        self.secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::apply(output::MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The upstream credential's current token, when the spec names one.
+    async fn upstream(&self) -> Result<Result<Option<Upstream>, Failed>, Error> {
+        let Some(up) = self.spec().http.as_ref().and_then(|h| h.upstream.as_ref()) else {
+            return Ok(Ok(None));
+        };
+        let name = &up.provider_credential;
+        let state = self
+            .secrets
+            .get_opt(&state::name(name))
+            .await?
+            .map(|s| State::read(&s));
+        let live = state.and_then(|s| {
+            let alive = s.expires_at.is_none_or(|e| e > self.now);
+            Some(Upstream {
+                value: s.token.filter(|_| alive)?,
+                token_type: s.token_type.unwrap_or_else(|| "Bearer".into()),
+            })
+        });
+        Ok(live.map(Some).ok_or_else(|| {
+            Failed::new(
+                status::REASON_UPSTREAM_NOT_READY,
+                format!(
+                    "ProviderCredential {name:?} named in spec.http.upstream has no valid token yet"
+                ),
+            )
+        }))
+    }
+
+    /// Run the revocations that are due; `true` when the state changed. A failed revocation is
+    /// retried with backoff and given up after [`MAX_REVOKE_ATTEMPTS`], with a Warning event.
+    async fn revoke_due(&self, state: &mut State, inputs: &Inputs) -> bool {
+        let Some(http) = self.spec().http.as_ref().filter(|h| h.revoke.is_some()) else {
+            return false;
+        };
+        let due: Vec<Pending> = state
+            .pending
+            .iter()
+            .filter(|p| p.next_at <= self.now)
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return false;
+        }
+        let upstream = self.upstream().await.ok().and_then(|r| r.ok()).flatten();
+        let request = Request {
+            spec: self.spec(),
+            inputs,
+            grant: Grant::Primary,
+            now: self.now,
+            allow_insecure_http: self.ctx.config.allow_insecure_http,
+            upstream,
+        };
+        for p in due {
+            let vars = http_provider::Vars {
+                token: Some(&p.token),
+                kept: Some(&p.kept),
+                current: state.token.as_ref(),
+                refresh_token: None,
+            };
+            let fp = p.token.fingerprint();
+            let outcome = http_provider::revoke(&self.ctx.http, http, &request, &vars).await;
+            state.pending.retain(|q| q.token != p.token);
+            match outcome {
+                Ok(_) => {
+                    info!(fingerprint = %fp, "token revoked");
+                    self.event(
+                        EventType::Normal,
+                        status::REASON_REVOKED,
+                        format!("revoked token {fp}"),
+                    )
+                    .await;
+                }
+                Err(e) if p.attempts + 1 >= MAX_REVOKE_ATTEMPTS => {
+                    let message = format!(
+                        "gave up revoking token {fp} after {MAX_REVOKE_ATTEMPTS} attempts: {}",
+                        inputs.redact(&e.to_string())
+                    );
+                    warn!(%message);
+                    self.event(EventType::Warning, status::REASON_REVOKE_FAILED, message)
+                        .await;
+                }
+                Err(e) => {
+                    let attempts = p.attempts + 1;
+                    warn!(fingerprint = %fp, attempts, error = %inputs.redact(&e.to_string()), "revocation failed; will retry");
+                    state.pending.push(Pending {
+                        attempts,
+                        next_at: self.now + renewal::backoff(attempts),
+                        ..p
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    /// Deletion: revoke the current token and any still pending, then let the object go.
+    async fn cleanup(&self) -> Result<Action, Error> {
+        let Some(secret) = self
+            .secrets
+            .get_opt(&state::name(&self.pc.name_any()))
+            .await?
+        else {
+            return Ok(Action::await_change());
+        };
+        let mut state = State::read(&secret);
+        if let Some(token) = state.token.take() {
+            state.pending.push(Pending {
+                token,
+                kept: std::mem::take(&mut state.kept),
+                attempts: 0,
+                next_at: self.now,
+            });
+        }
+        // on deletion every pending revocation is due now
+        for p in &mut state.pending {
+            p.next_at = p.next_at.min(self.now);
+        }
+        let inputs = match self
+            .secrets
+            .get_opt(&self.spec().inputs.secret_name)
+            .await?
+        {
+            Some(s) => Inputs::from_secret(&s),
+            None => Inputs::default(),
+        };
+        self.revoke_due(&mut state, &inputs).await;
+        if state.pending.is_empty() {
+            return Ok(Action::await_change());
+        }
+        let attempts = state.pending.iter().map(|p| p.attempts).max().unwrap_or(1);
+        self.apply_state(&state).await?;
+        Err(Error::RevocationPending { attempts })
     }
 
     /// Record a failure: `Ready=False` with the reason, an event, and a retry after the backoff.
     /// The token in place, if any, stays.
-    async fn fail(
-        &self,
-        reason: &'static str,
-        message: String,
-        source: &str,
-    ) -> Result<Action, Error> {
+    async fn fail(&self, failed: Failed, source: &str) -> Result<Action, Error> {
+        let Failed { reason, message } = failed;
         warn!(reason, %message, "token not refreshed");
         let prev = self.status();
         let next = status::failure(
@@ -237,8 +547,8 @@ impl Reconcile<'_> {
 
     async fn write_status(
         &self,
-        prev: &ProviderCredentialStatus,
-        next: ProviderCredentialStatus,
+        prev: &crate::crd::ProviderCredentialStatus,
+        next: crate::crd::ProviderCredentialStatus,
     ) -> Result<(), Error> {
         if self.pc.status.is_some() && prev == &next {
             return Ok(());
@@ -266,10 +576,10 @@ impl Reconcile<'_> {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: if type_ == EventType::Normal {
-                "Refresh"
-            } else {
-                "RefreshFailed"
+            action: match reason {
+                status::REASON_REVOKED | status::REASON_REVOKE_FAILED => "Revoke",
+                _ if type_ == EventType::Normal => "Refresh",
+                _ => "RefreshFailed",
             }
             .into(),
             secondary: None,
@@ -283,6 +593,49 @@ impl Reconcile<'_> {
             warn!(%error, "could not publish event");
         }
     }
+}
+
+fn has_refresh_request(spec: &ProviderCredentialSpec) -> bool {
+    spec.oauth2.is_some() || spec.http.as_ref().is_some_and(|h| h.refresh.is_some())
+}
+
+/// The one-time input the primary grant consumes (an authorization code, a bootstrap refresh
+/// token), if the grant has one.
+fn one_time_input<'i>(
+    spec: &ProviderCredentialSpec,
+    inputs: &'i Inputs,
+) -> Option<&'i SecretValue> {
+    let oauth2 = spec.oauth2.as_ref()?;
+    let role = match oauth2.grant_type {
+        GrantType::AuthorizationCode => InputRole::Code,
+        GrantType::RefreshToken => InputRole::RefreshToken,
+        GrantType::ClientCredentials | GrantType::Password => return None,
+    };
+    inputs.get(spec.inputs.keys.key(role))
+}
+
+/// Whether the inputs allow the primary grant: always, unless it consumes a one-time input that
+/// is absent or already used.
+fn primary_possible(spec: &ProviderCredentialSpec, inputs: &Inputs, state: &State) -> bool {
+    let one_time = spec.oauth2.as_ref().is_some_and(|o| {
+        matches!(
+            o.grant_type,
+            GrantType::AuthorizationCode | GrantType::RefreshToken
+        )
+    });
+    if !one_time {
+        return true;
+    }
+    one_time_input(spec, inputs).is_some_and(|v| !state.used_inputs.contains(&v.fingerprint()))
+}
+
+/// The earlier of `at` and the next pending revocation.
+fn next_wake(at: Timestamp, state: &State) -> Timestamp {
+    state
+        .pending
+        .iter()
+        .map(|p| p.next_at)
+        .fold(at, Timestamp::min)
 }
 
 fn requeue_at(at: Timestamp, now: Timestamp) -> Action {

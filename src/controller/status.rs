@@ -12,6 +12,11 @@ pub const REASON_RENEWED: &str = "TokenRenewed";
 pub const REASON_INPUTS_NOT_FOUND: &str = "InputsNotFound";
 pub const REASON_OWNED_ELSEWHERE: &str = "SecretOwnedElsewhere";
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+pub const REASON_NEEDS_NEW_INPUTS: &str = "NeedsNewInputs";
+pub const REASON_REFRESH_REJECTED: &str = "RefreshTokenRejected";
+pub const REASON_UPSTREAM_NOT_READY: &str = "UpstreamNotReady";
+pub const REASON_REVOKED: &str = "TokenRevoked";
+pub const REASON_REVOKE_FAILED: &str = "RevocationFailed";
 
 /// Set a condition; `lastTransitionTime` moves only when the status flips.
 fn set_condition(
@@ -126,6 +131,7 @@ mod tests {
             expires_at: Some(t(1200)),
             renew_at: t(800),
             source: "1/1".into(),
+            refresh_expires_at: None,
         }
     }
 

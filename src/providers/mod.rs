@@ -1,6 +1,7 @@
 //! How to fetch a token: one module per flow, each a function from (HTTP client, spec, inputs,
 //! clock) to a [`Token`]. Nothing here knows about Kubernetes.
 
+pub mod http;
 pub mod oauth2;
 
 use base64::Engine;
@@ -27,6 +28,15 @@ pub struct Request<'a> {
     pub now: Timestamp,
     /// Whether plain-http URLs are allowed (the operator's `--allow-insecure-http`).
     pub allow_insecure_http: bool,
+    /// The token of the ProviderCredential named in `spec.http.upstream`.
+    pub upstream: Option<Upstream>,
+}
+
+/// Another credential's current token, for requests that are authorised by it.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub value: SecretValue,
+    pub token_type: String,
 }
 
 /// Why a token could not be fetched. Messages name URLs, keys and statuses, never secret values;
@@ -87,13 +97,36 @@ impl ProviderError {
 pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, ProviderError> {
     match (&req.spec.oauth2, &req.spec.http) {
         (Some(oauth2), None) => oauth2::fetch(http, oauth2, &req.spec.inputs.keys, req).await,
-        (None, Some(_)) => Err(ProviderError::InvalidSpec(
-            "spec.http: the declarative HTTP provider is not available in this version".into(),
-        )),
+        (None, Some(spec)) => http::fetch(http, spec, req).await,
         _ => Err(ProviderError::InvalidSpec(
             "spec: exactly one provider block must be set: spec.oauth2 or spec.http".into(),
         )),
     }
+}
+
+/// Read a response body, refusing one larger than [`http::MAX_RESPONSE_BYTES`].
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    url: &str,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| oauth2::transport(url, e))?
+    {
+        if body.len() + chunk.len() > http::MAX_RESPONSE_BYTES {
+            return Err(ProviderError::BadResponse {
+                url: url.into(),
+                reason: format!(
+                    "the response is larger than {} bytes",
+                    http::MAX_RESPONSE_BYTES
+                ),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The provider kind, for metrics and summaries.
@@ -142,8 +175,15 @@ pub fn seconds_value(v: &serde_json::Value) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A JWT whose payload has `exp`.
+    pub(crate) fn jwt_with_exp(exp: i64) -> String {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"sub":"x","exp":{exp}}}"#));
+        format!("eyJhbGciOiJIUzI1NiJ9.{payload}.sig")
+    }
 
     #[test]
     fn jwt_exp_is_read_without_verification() {

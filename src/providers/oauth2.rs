@@ -191,7 +191,7 @@ pub async fn token_endpoint(
     check_url(&doc.token_endpoint, allow_insecure_http)
 }
 
-fn transport(url: &str, e: reqwest::Error) -> ProviderError {
+pub(crate) fn transport(url: &str, e: reqwest::Error) -> ProviderError {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
@@ -228,10 +228,7 @@ pub async fn fetch(
     }
     let response = request.send().await.map_err(|e| transport(&url_text, e))?;
     let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| transport(&url_text, e))?;
+    let bytes = super::read_capped(response, &url_text).await?;
     if !status.is_success() {
         let detail = serde_json::from_slice::<ErrorResponse>(&bytes)
             .ok()
