@@ -1,12 +1,12 @@
 //! `tokensync check`: one fetch with the controller's code, without a cluster.
 
-use jiff::Timestamp;
-use serde::Serialize;
+use k8s_openapi::api::core::v1::Secret;
+use serde::{Deserialize, Serialize};
 
 use crate::crd::ProviderCredential;
-use crate::providers::{self, Grant, Request};
+use crate::providers::{self, Grant, Request, Upstream};
 use crate::renewal::Policy;
-use crate::token::Inputs;
+use crate::token::{Inputs, Token};
 
 /// What `check` prints: nothing secret unless `--show-token`.
 #[derive(Debug, Serialize)]
@@ -17,6 +17,8 @@ pub struct Summary {
     pub expires_at: Option<String>,
     pub renew_at: String,
     pub refresh_token: bool,
+    /// Whether the token shown is the answer to a refresh (with `--refresh`).
+    pub refreshed: bool,
     pub scope: Option<String>,
     /// First 8 hex characters of the token's SHA-256.
     pub fingerprint: String,
@@ -24,29 +26,112 @@ pub struct Summary {
     pub token: Option<String>,
 }
 
-/// Run one fetch as the controller would. The error message is already redacted.
-pub async fn run(
+#[derive(Debug, Default)]
+pub struct Options {
+    pub allow_insecure_http: bool,
+    pub show_token: bool,
+    /// Log in, then refresh once with the refresh token that came back.
+    pub refresh: bool,
+}
+
+/// The ProviderCredential and the Secret among the documents of a YAML file.
+pub fn parse_manifests(text: &str) -> Result<(Option<ProviderCredential>, Option<Secret>), String> {
+    let mut pc = None;
+    let mut secret = None;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| e.to_string())?;
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("ProviderCredential") => {
+                pc = Some(
+                    serde_yaml::from_value(value)
+                        .map_err(|e| format!("not a ProviderCredential: {e}"))?,
+                )
+            }
+            Some("Secret") => {
+                secret =
+                    Some(serde_yaml::from_value(value).map_err(|e| format!("not a Secret: {e}"))?)
+            }
+            _ => {}
+        }
+    }
+    Ok((pc, secret))
+}
+
+async fn fetch(
+    http: &reqwest::Client,
     pc: &ProviderCredential,
     inputs: &Inputs,
+    grant: Grant,
+    upstream: Option<Upstream>,
     allow_insecure_http: bool,
-    show_token: bool,
-) -> Result<Summary, String> {
-    let policy = Policy::from_spec(pc.spec.refresh.as_ref())?;
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+) -> Result<Token, String> {
     let request = Request {
         spec: &pc.spec,
         inputs,
-        grant: Grant::Primary,
-        now: Timestamp::now(),
+        grant,
+        now: crate::renewal::now(),
         allow_insecure_http,
-        upstream: None,
+        upstream,
     };
-    let token = providers::fetch(&http, &request)
+    providers::fetch(http, &request)
         .await
-        .map_err(|e| inputs.redact(&e.to_string()))?;
+        .map_err(|e| inputs.redact(&e.to_string()))
+}
+
+/// The token of an upstream credential, fetched as the controller would.
+pub async fn upstream(
+    pc: &ProviderCredential,
+    inputs: &Inputs,
+    allow_insecure_http: bool,
+) -> Result<Upstream, String> {
+    let http = client()?;
+    let token = fetch(&http, pc, inputs, Grant::Primary, None, allow_insecure_http)
+        .await
+        .map_err(|e| format!("upstream: {e}"))?;
+    Ok(Upstream {
+        value: token.value,
+        token_type: token.token_type,
+    })
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Run one fetch (and with `refresh`, one refresh) as the controller would. Error messages are
+/// already redacted.
+pub async fn run(
+    pc: &ProviderCredential,
+    inputs: &Inputs,
+    upstream: Option<Upstream>,
+    options: &Options,
+) -> Result<Summary, String> {
+    let policy = Policy::from_spec(pc.spec.refresh.as_ref())?;
+    let http = client()?;
+    let insecure = options.allow_insecure_http;
+    let mut token = fetch(
+        &http,
+        pc,
+        inputs,
+        Grant::Primary,
+        upstream.clone(),
+        insecure,
+    )
+    .await?;
+    if options.refresh {
+        let refresh_token = token
+            .refresh_token
+            .clone()
+            .ok_or("--refresh: the login answered no refresh token")?;
+        let refresh = Grant::Refresh(refresh_token);
+        token = fetch(&http, pc, inputs, refresh, upstream, insecure)
+            .await
+            .map_err(|e| format!("refresh: {e}"))?;
+    }
     Ok(Summary {
         provider: providers::kind(&pc.spec),
         token_type: token.token_type.clone(),
@@ -55,8 +140,9 @@ pub async fn run(
             .renew_at(token.issued_at, token.expires_at)
             .to_string(),
         refresh_token: token.refresh_token.is_some(),
+        refreshed: options.refresh,
         scope: token.scope.clone(),
         fingerprint: token.value.fingerprint(),
-        token: show_token.then(|| token.value.expose().to_string()),
+        token: options.show_token.then(|| token.value.expose().to_string()),
     })
 }

@@ -20,6 +20,9 @@ pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// An absolute http(s) URL; whether plain http is allowed is the controller's `--allow-insecure-http`.
 pub const URL_PATTERN: &str = r"^https?://[^/?#\s]+([/?#]\S*)?$";
+/// A templated http(s) URL: templates may fill the path and query, never the host, so the host a
+/// request goes to is always visible in the manifest (and to an egress allowlist).
+pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}]+([/?#].*)?$";
 /// A JSON pointer (RFC 6901) into a response body.
 pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
 
@@ -258,8 +261,8 @@ pub struct UpstreamRef {
 pub struct HttpRequestSpec {
     #[serde(default)]
     pub method: HttpMethod,
-    /// The URL (a template); must be http(s).
-    #[schemars(regex(pattern = URL_PATTERN), length(max = 2048))]
+    /// The URL: http(s), with a literal host; the path and query may hold templates.
+    #[schemars(regex(pattern = TEMPLATE_URL_PATTERN), length(max = 2048))]
     pub url: String,
     /// Request headers; values are templates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -45,18 +45,28 @@ struct RunArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
+    /// Attempts to revoke a replaced or deleted token before giving up (with a Warning event).
+    #[arg(long, default_value_t = 5)]
+    max_revoke_attempts: u32,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENSYNC_LOG_FORMAT")]
     log_format: LogFormat,
 }
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// The ProviderCredential manifest.
+    /// The ProviderCredential manifest (it may hold the inputs Secret too, as examples/ do).
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
-    /// The inputs Secret manifest.
+    /// The inputs Secret manifest, when it is not in the -f file.
     #[arg(long)]
-    inputs: PathBuf,
+    inputs: Option<PathBuf>,
+    /// The manifest (ProviderCredential + inputs Secret) of the credential named in
+    /// spec.http.upstream; it is fetched first.
+    #[arg(long)]
+    upstream: Option<PathBuf>,
+    /// After the login, refresh once with the refresh token that came back.
+    #[arg(long)]
+    refresh: bool,
     /// Allow plain-http token URLs.
     #[arg(long)]
     allow_insecure_http: bool,
@@ -91,6 +101,7 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
         allow_insecure_http: args.allow_insecure_http,
         request_timeout: Duration::from_secs(args.request_timeout),
         concurrency: args.concurrency,
+        max_revoke_attempts: args.max_revoke_attempts.max(1),
         ..Config::default()
     };
     let ctx = match Context::new(client, config) {
@@ -118,17 +129,43 @@ async fn shutdown_signal() {
     }
 }
 
+fn load(path: &PathBuf) -> Result<(Option<ProviderCredential>, Option<Secret>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    tokensync::check::parse_manifests(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The ProviderCredential and its inputs from `file` (and `inputs`, when given).
+fn load_pair(
+    file: &PathBuf,
+    inputs: Option<&PathBuf>,
+) -> Result<(ProviderCredential, Inputs), String> {
+    let (pc, secret) = load(file)?;
+    let pc = pc.ok_or_else(|| format!("{}: no ProviderCredential in it", file.display()))?;
+    let secret = match inputs {
+        Some(path) => load(path)?.1,
+        None => secret,
+    }
+    .ok_or("no inputs Secret: give --inputs, or put the Secret in the -f file")?;
+    Ok((pc, Inputs::from_secret(&secret)))
+}
+
 async fn check(args: CheckArgs) -> std::process::ExitCode {
-    let read = |path: &PathBuf| {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    let options = tokensync::check::Options {
+        allow_insecure_http: args.allow_insecure_http,
+        show_token: args.show_token,
+        refresh: args.refresh,
     };
     let result = async {
-        let pc: ProviderCredential = serde_yaml::from_str(&read(&args.file)?)
-            .map_err(|e| format!("{}: not a ProviderCredential: {e}", args.file.display()))?;
-        let secret: Secret = serde_yaml::from_str(&read(&args.inputs)?)
-            .map_err(|e| format!("{}: not a Secret: {e}", args.inputs.display()))?;
-        let inputs = Inputs::from_secret(&secret);
-        tokensync::check::run(&pc, &inputs, args.allow_insecure_http, args.show_token).await
+        let (pc, inputs) = load_pair(&args.file, args.inputs.as_ref())?;
+        let upstream = match &args.upstream {
+            Some(path) => {
+                let (up, up_inputs) = load_pair(path, None)?;
+                Some(tokensync::check::upstream(&up, &up_inputs, args.allow_insecure_http).await?)
+            }
+            None => None,
+        };
+        tokensync::check::run(&pc, &inputs, upstream, &options).await
     }
     .await;
     match result {

@@ -14,6 +14,12 @@ pub const MAX_BACKOFF: SignedDuration = SignedDuration::from_secs(300);
 /// Renewal interval for a token without any expiry, unless the policy says otherwise.
 pub const DEFAULT_FALLBACK: SignedDuration = SignedDuration::from_secs(3600);
 
+/// Now, truncated to whole seconds: expiry and renewal times then read well and compare exactly.
+pub fn now() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
 /// A parsed [`RefreshPolicy`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {

@@ -70,7 +70,10 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
             if p("client_secret") != CLIENT_SECRET {
                 return unauthorized("bad client credentials");
             }
-            if !state.take_refresh_token(V, p("refresh_token")) {
+            if state
+                .use_refresh_token(V, p("refresh_token"), true)
+                .is_none()
+            {
                 return oauth_error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_grant",
@@ -87,13 +90,15 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         }
     }
     let lifetime = state.lifetime(V);
+    let access_token = state.mint("aa-at");
+    state.issue(V, &access_token, lifetime, vec![]);
     (
         StatusCode::OK,
         axum::Json(json!({
-            "access_token": state.mint("aa-at"),
+            "access_token": access_token,
             "token_type": "bearer",
             "expires_in": lifetime,
-            "refresh_token": state.new_refresh_token(V),
+            "refresh_token": state.new_refresh_token(V).0,
         })),
     )
         .into_response()

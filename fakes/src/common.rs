@@ -14,6 +14,12 @@ use crate::State;
 pub enum Vendor {
     AltitudeAngel,
     Pix4d,
+    /// Dronetag's Keycloak realm (OIDC).
+    Dronetag,
+    /// Dronetag personal access tokens.
+    DronetagPat,
+    AirMap,
+    JsonLogin,
 }
 
 impl Vendor {
@@ -21,6 +27,18 @@ impl Vendor {
         match self {
             Vendor::AltitudeAngel => "altitude-angel",
             Vendor::Pix4d => "pix4d",
+            Vendor::Dronetag => "dronetag",
+            Vendor::DronetagPat => "dronetag-pat",
+            Vendor::AirMap => "airmap",
+            Vendor::JsonLogin => "json-login",
+        }
+    }
+
+    /// How long a login session (its refresh tokens) lives, in seconds.
+    pub fn default_refresh_lifetime(self) -> u64 {
+        match self {
+            Vendor::Dronetag => 604800,
+            _ => 30 * 86400,
         }
     }
 
@@ -29,6 +47,10 @@ impl Vendor {
         match self {
             Vendor::AltitudeAngel => 1199,
             Vendor::Pix4d => 36000,
+            Vendor::Dronetag => 1200,
+            Vendor::DronetagPat => 60 * 86400,
+            Vendor::AirMap => 36000,
+            Vendor::JsonLogin => 86400,
         }
     }
 }
@@ -92,6 +114,36 @@ pub fn not_a_form() -> Response {
         "invalid_request",
         "the body must be application/x-www-form-urlencoded",
     )
+}
+
+/// A JSON body, refused unless sent as `application/json` (answer the error with [`message`]).
+pub fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, (StatusCode, &'static str)> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "the body is not valid JSON"))
+}
+
+/// `{"message": ...}` with a status: the error shape of the JSON APIs.
+pub fn message(status: StatusCode, text: &str) -> Response {
+    (status, axum::Json(json!({"message": text}))).into_response()
+}
+
+/// The token of `Authorization: Bearer <token>`.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
 }
 
 /// HTTP Basic client credentials (RFC 6749 2.3.1: form-decoded after base64).

@@ -6,8 +6,14 @@
 //! tests); every request is counted; faults (status codes, delays, malformed bodies) can be
 //! switched on and off at run time.
 
+// Handlers answer errors with axum Responses; their size does not matter in a test server.
+#![allow(clippy::result_large_err)]
+
+mod airmap;
 mod altitude_angel;
 mod common;
+mod dronetag;
+mod json_login;
 mod pix4d;
 
 use std::collections::BTreeMap;
@@ -28,6 +34,10 @@ pub const PASSWORD: &str = "example-password\"&=+";
 pub const VENDOR_HOSTS: &[(&str, &str)] = &[
     ("https://auth.altitudeangel.com", "/altitude-angel"),
     ("https://cloud.pix4d.com", "/pix4d"),
+    ("https://auth.dronetag.app", "/dronetag-auth"),
+    ("https://api.dronetag.app", "/dronetag-api"),
+    ("https://sso.airmap.io", "/airmap"),
+    ("https://platform.example.ru", "/json-login"),
 ];
 
 /// Point a manifest's vendor URLs at the fakes served from `base` (e.g. `http://127.0.0.1:8080`).
@@ -52,10 +62,23 @@ struct Inner {
     faults: BTreeMap<Vendor, Fault>,
     lifetimes: BTreeMap<Vendor, u64>,
     serial: u64,
+    refresh_lifetimes: BTreeMap<Vendor, u64>,
     /// One-time authorization codes still unused, by vendor.
     codes: BTreeMap<Vendor, Vec<String>>,
-    /// Live refresh tokens, by vendor.
-    refresh_tokens: BTreeMap<Vendor, Vec<String>>,
+    /// Live refresh tokens and their deadlines (epoch seconds), by vendor.
+    refresh_tokens: BTreeMap<Vendor, Vec<(String, u64)>>,
+    /// Every access token issued, by vendor, in order.
+    issued: BTreeMap<Vendor, Vec<Issued>>,
+}
+
+/// An access token a fake issued.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub token: String,
+    pub id: String,
+    pub expires_at: u64,
+    pub scopes: Vec<String>,
+    pub revoked: bool,
 }
 
 impl State {
@@ -133,23 +156,95 @@ impl State {
         codes.len() != before
     }
 
-    fn new_refresh_token(&self, vendor: Vendor) -> String {
+    /// Set how long refresh tokens (the login session) of `vendor` live from now on.
+    pub fn set_refresh_lifetime(&self, vendor: Vendor, seconds: u64) {
+        self.lock().refresh_lifetimes.insert(vendor, seconds);
+    }
+
+    fn refresh_lifetime(&self, vendor: Vendor) -> u64 {
+        self.lock()
+            .refresh_lifetimes
+            .get(&vendor)
+            .copied()
+            .unwrap_or(vendor.default_refresh_lifetime())
+    }
+
+    /// A refresh token for a new session, dying at the session's deadline.
+    fn new_refresh_token(&self, vendor: Vendor) -> (String, u64) {
+        let deadline = common::now_secs() + self.refresh_lifetime(vendor);
+        (self.rotate_refresh_token(vendor, deadline), deadline)
+    }
+
+    fn rotate_refresh_token(&self, vendor: Vendor, deadline: u64) -> String {
         let rt = self.mint("rt");
         self.lock()
             .refresh_tokens
             .entry(vendor)
             .or_default()
-            .push(rt.clone());
+            .push((rt.clone(), deadline));
         rt
     }
 
-    /// Use a refresh token once: it is rotated, so the old one dies.
-    fn take_refresh_token(&self, vendor: Vendor, rt: &str) -> bool {
+    /// Use a refresh token: its session deadline if it was alive. With `rotate` it dies now.
+    fn use_refresh_token(&self, vendor: Vendor, rt: &str, rotate: bool) -> Option<u64> {
+        let now = common::now_secs();
         let mut inner = self.lock();
         let live = inner.refresh_tokens.entry(vendor).or_default();
-        let before = live.len();
-        live.retain(|t| t != rt);
-        live.len() != before
+        let deadline = live
+            .iter()
+            .find(|(t, d)| t == rt && *d > now)
+            .map(|(_, d)| *d)?;
+        if rotate {
+            live.retain(|(t, _)| t != rt);
+        }
+        Some(deadline)
+    }
+
+    /// Record an access token as issued.
+    fn issue(&self, vendor: Vendor, token: &str, lifetime: u64, scopes: Vec<String>) -> Issued {
+        let id = format!("{:024x}", {
+            let mut inner = self.lock();
+            inner.serial += 1;
+            inner.serial
+        });
+        let issued = Issued {
+            token: token.to_string(),
+            id,
+            expires_at: common::now_secs() + lifetime,
+            scopes,
+            revoked: false,
+        };
+        self.lock()
+            .issued
+            .entry(vendor)
+            .or_default()
+            .push(issued.clone());
+        issued
+    }
+
+    /// Every access token `vendor` issued, oldest first.
+    pub fn issued(&self, vendor: Vendor) -> Vec<Issued> {
+        self.lock().issued.get(&vendor).cloned().unwrap_or_default()
+    }
+
+    /// The issued token `token` if it is alive (not expired, not revoked).
+    fn live(&self, vendor: Vendor, token: &str) -> Option<Issued> {
+        let now = common::now_secs();
+        self.issued(vendor)
+            .into_iter()
+            .find(|i| i.token == token && !i.revoked && i.expires_at > now)
+    }
+
+    fn revoke_id(&self, vendor: Vendor, id: &str) -> bool {
+        let mut inner = self.lock();
+        let tokens = inner.issued.entry(vendor).or_default();
+        match tokens.iter_mut().find(|i| i.id == id && !i.revoked) {
+            Some(i) => {
+                i.revoked = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forget every refresh token `vendor` issued (a password change, an admin revoking sessions).
@@ -172,6 +267,10 @@ impl FakeProviders {
         let app = axum::Router::new()
             .nest("/altitude-angel", altitude_angel::router())
             .nest("/pix4d", pix4d::router())
+            .nest("/dronetag-auth", dronetag::auth_router())
+            .nest("/dronetag-api", dronetag::api_router())
+            .nest("/airmap", airmap::router())
+            .nest("/json-login", json_login::router())
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;

@@ -58,6 +58,7 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
     } else {
         opaque
     };
+    state.issue(V, &access_token, lifetime, vec![]);
     (
         StatusCode::OK,
         axum::Json(json!({

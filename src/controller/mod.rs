@@ -36,6 +36,8 @@ pub struct Config {
     pub concurrency: u16,
     /// The name events are reported under.
     pub reporter: String,
+    /// Attempts to revoke a replaced or deleted token before giving up with a Warning event.
+    pub max_revoke_attempts: u32,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             concurrency: 4,
             reporter: "tokensync".into(),
+            max_revoke_attempts: 5,
         }
     }
 }

@@ -13,7 +13,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, info, warn};
 
-use super::state::{self, MAX_REVOKE_ATTEMPTS, Pending, State};
+use super::state::{self, Pending, State};
 use super::{Context, Error, output, status};
 use crate::crd::{GrantType, InputRole, ProviderCredential, ProviderCredentialSpec};
 use crate::providers::{self, Grant, Request, Upstream, http as http_provider};
@@ -71,8 +71,7 @@ impl<'a> Reconcile<'a> {
             pc,
             ctx,
             secrets: Api::namespaced(ctx.client.clone(), ns),
-            // whole seconds: expiry and renewal times then read well and compare exactly
-            now: Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range"),
+            now: renewal::now(),
         }
     }
 
@@ -418,7 +417,7 @@ impl<'a> Reconcile<'a> {
     }
 
     /// Run the revocations that are due; `true` when the state changed. A failed revocation is
-    /// retried with backoff and given up after [`MAX_REVOKE_ATTEMPTS`], with a Warning event.
+    /// retried with backoff and given up after `max_revoke_attempts`, with a Warning event.
     async fn revoke_due(&self, state: &mut State, inputs: &Inputs) -> bool {
         let Some(http) = self.spec().http.as_ref().filter(|h| h.revoke.is_some()) else {
             return false;
@@ -461,9 +460,10 @@ impl<'a> Reconcile<'a> {
                     )
                     .await;
                 }
-                Err(e) if p.attempts + 1 >= MAX_REVOKE_ATTEMPTS => {
+                Err(e) if p.attempts + 1 >= self.ctx.config.max_revoke_attempts => {
                     let message = format!(
-                        "gave up revoking token {fp} after {MAX_REVOKE_ATTEMPTS} attempts: {}",
+                        "gave up revoking token {fp} after {} attempts: {}",
+                        p.attempts + 1,
                         inputs.redact(&e.to_string())
                     );
                     warn!(%message);

@@ -19,9 +19,6 @@ use crate::token::SecretValue;
 pub const ROLE_LABEL: &str = "tokensync.dev/role";
 const SUFFIX: &str = "-tokensync-state";
 
-/// Revocation attempts before a token is given up on (with a Warning event).
-pub const MAX_REVOKE_ATTEMPTS: u32 = 5;
-
 pub fn name(pc_name: &str) -> String {
     format!("{pc_name}{SUFFIX}")
 }

@@ -269,6 +269,82 @@ pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
+/// Every distinct value a Secret's key took, in order, seen through a watch.
+pub struct TokenLog {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub value: String,
+    pub issued_at: Option<jiff::Timestamp>,
+    pub expires_at: Option<jiff::Timestamp>,
+}
+
+impl TokenLog {
+    pub fn start(ns: &TestNs, secret: &str, key: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let api = ns.api::<Secret>();
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={secret}"));
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let sink = seen.clone();
+        let key = key.to_string();
+        let task = tokio::spawn(async move {
+            let mut stream = watcher(api, cfg).applied_objects().boxed();
+            while let Some(Ok(s)) = stream.next().await {
+                let Some(value) = secret_text(&s, &key) else {
+                    continue;
+                };
+                let time = |k: &str| s.annotations().get(k).and_then(|v| v.parse().ok());
+                let mut seen = sink.lock().unwrap();
+                if seen.last().is_none_or(|l: &Seen| l.value != value) {
+                    seen.push(Seen {
+                        value,
+                        issued_at: time("tokensync.dev/issued-at"),
+                        expires_at: time("tokensync.dev/expires-at"),
+                    });
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    pub fn values(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` distinct values were written.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Seen> {
+        eventually(&format!("{n} distinct tokens"), timeout, || async {
+            let v = self.values();
+            (v.len() >= n).then_some(v)
+        })
+        .await
+    }
+
+    /// Each token was replaced before it expired.
+    pub fn assert_renewed_before_expiry(&self) {
+        let seen = self.values();
+        for pair in seen.windows(2) {
+            let (old, new) = (&pair[0], &pair[1]);
+            if let (Some(expired), Some(issued)) = (old.expires_at, new.issued_at) {
+                assert!(
+                    issued < expired,
+                    "a token was replaced at {issued}, after it expired at {expired}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for TokenLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The operator, in-process, watching one namespace.
 pub struct Operator {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
