@@ -393,3 +393,83 @@ impl Drop for Operator {
         }
     }
 }
+
+/// oidc-provider (npm), a real OpenID Certified OAuth 2.0 server, on loopback.
+pub struct OidcServer {
+    pub base: String,
+    _child: tokio::process::Child,
+}
+
+pub const OIDC_CLIENT_SECRET: &str = "oidc-secret-&=+%/";
+
+fn oidc_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = root().join("tests/oidc");
+        let cache = std::env::var_os("TOKENSYNC_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/tokensync")
+            });
+        let package = std::fs::read_to_string(src.join("package.json")).unwrap();
+        // one install per package.json content, reused across runs
+        let dir = cache.join(format!(
+            "oidc-provider-{}",
+            tokensync::token::fingerprint(package.as_bytes())
+        ));
+        if !dir.join("node_modules/oidc-provider/package.json").exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("package.json"), &package).unwrap();
+            let out = std::process::Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .output()
+                .expect("npm runs");
+            assert!(
+                out.status.success(),
+                "npm install oidc-provider failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    })
+}
+
+impl OidcServer {
+    /// Start with access tokens living `access_ttl` seconds.
+    pub async fn start(access_ttl: u64) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tokio::task::spawn_blocking(oidc_dir).await.unwrap();
+        std::fs::copy(root().join("tests/oidc/server.mjs"), dir.join("server.mjs")).unwrap();
+        let mut child = tokio::process::Command::new("node")
+            .arg("server.mjs")
+            .current_dir(dir)
+            .env("ACCESS_TTL", access_ttl.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let base = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("oidc-provider starts")
+            .unwrap()
+            .expect("oidc-provider prints its URL");
+        Self {
+            base,
+            _child: child,
+        }
+    }
+
+    /// A fresh authorization code for `tokensync-post`, as a person would get in a browser.
+    pub async fn code(&self) -> String {
+        let v: serde_json::Value = reqwest::get(format!("{}/test/code", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["code"].as_str().unwrap().to_string()
+    }
+}
