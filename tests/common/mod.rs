@@ -1,7 +1,8 @@
 //! Integration test harness: the real local control plane (started by `xtask/cluster.sh` when
 //! none runs), a namespace per test, the operator in-process scoped to that namespace, and the
 //! fake vendor APIs.
-#![allow(dead_code)]
+// Each test binary uses a part of this harness.
+#![allow(dead_code, unused_imports)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
