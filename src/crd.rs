@@ -377,8 +377,9 @@ pub struct OutputSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// Keys of the Secret and their templated values over `token`, `token_type` and
-    /// `expires_at`. Default: `token`, `token_type`, `expires_at`.
+    /// Keys of the Secret and their templated values over `token`, `token_type`,
+    /// `expires_at` and `issued_at`. Default: `token`, `token_type`, `expires_at`. The refresh
+    /// token stays in the operator's state Secret unless a key asks for `{{ refresh_token }}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(k, k.matches('^[-._a-zA-Z0-9]+$'))", "message": "spec.output.keys: each key must be a valid Secret key ([-._a-zA-Z0-9]+)"}]))]
     pub keys: BTreeMap<String, String>,

@@ -409,6 +409,14 @@ async fn invalid_manifests_are_refused_at_admission_naming_the_field() {
             &["spec.http.response.token"],
         ),
         (
+            "templated host",
+            with(&["oauth2"], serde_json::Value::Null).as_object().cloned().map(|mut m| {
+                m.insert("http".into(), serde_json::json!({"login": {"url": "https://{{ inputs.host }}/login"}}));
+                serde_json::Value::Object(m)
+            }).unwrap(),
+            &["spec.http.login.url"],
+        ),
+        (
             "two bodies",
             with(&["oauth2"], serde_json::Value::Null).as_object().cloned().map(|mut m| {
                 m.insert("http".into(), serde_json::json!({"login": {"url": "https://x.example/l", "json": {}, "form": {}}}));

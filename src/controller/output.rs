@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::ProviderCredential;
 use crate::renewal::Current;
-use crate::token::Token;
+use crate::token::{SecretValue, Token};
 
 /// The field manager of every write.
 pub const MANAGER: &str = "tokensync";
@@ -62,10 +62,12 @@ fn token_type(token: &Token) -> String {
 }
 
 /// The output Secret for `token`. Keys are the spec's templates over `token`, `token_type`,
-/// `expires_at` and `issued_at`, or by default `token`, `token_type` and `expires_at`.
+/// `expires_at` and `issued_at` (and `refresh_token`, only where a template asks for it), or by
+/// default `token`, `token_type` and `expires_at`.
 pub fn build(
     pc: &ProviderCredential,
     token: &Token,
+    refresh_token: Option<&SecretValue>,
     renew_at: Timestamp,
     source: &str,
 ) -> Result<Secret, String> {
@@ -86,6 +88,7 @@ pub fn build(
             token_type => token_type(token),
             expires_at => expires_at.clone().unwrap_or_default(),
             issued_at => token.issued_at.to_string(),
+            refresh_token => refresh_token.map(SecretValue::expose).unwrap_or_default(),
         };
         for (key, template) in &out.keys {
             // the error names the key and the template problem; it never holds the values
@@ -131,7 +134,6 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::crd::{InputsRef, OAuth2Spec, OutputSpec, ProviderCredentialSpec};
-    use crate::token::SecretValue;
 
     pub(crate) fn pcred(keys: BTreeMap<String, String>) -> ProviderCredential {
         let mut pc = ProviderCredential::new(
@@ -187,7 +189,7 @@ mod tests {
     fn default_keys_owner_and_labels() {
         let pc = pcred(Default::default());
         let renew: Timestamp = "2026-01-01T00:13:20Z".parse().unwrap();
-        let s = build(&pc, &token(), renew, "1/7").unwrap();
+        let s = build(&pc, &token(), None, renew, "1/7").unwrap();
         assert_eq!(text(&s, "token"), "tok-123");
         assert_eq!(text(&s, "token_type"), "Bearer");
         assert_eq!(text(&s, "expires_at"), "2026-01-01T00:20:00Z");
@@ -218,18 +220,31 @@ mod tests {
             "X-Personal-Access-Token: {{ token }}".to_string(),
         )]
         .into();
-        let s = build(&pcred(keys), &token(), Timestamp::UNIX_EPOCH, "1/7").unwrap();
+        let s = build(&pcred(keys), &token(), None, Timestamp::UNIX_EPOCH, "1/7").unwrap();
         assert_eq!(text(&s, "headers"), "X-Personal-Access-Token: tok-123");
         assert!(!s.data.as_ref().unwrap().contains_key("token"));
+        // the refresh token only where a template asks for it
+        assert!(!format!("{:?}", s.data).contains("rt-9"));
+        let keys = [("rt".to_string(), "{{ refresh_token }}".to_string())].into();
+        let rt = SecretValue::new("rt-9");
+        let s = build(
+            &pcred(keys),
+            &token(),
+            Some(&rt),
+            Timestamp::UNIX_EPOCH,
+            "1/7",
+        )
+        .unwrap();
+        assert_eq!(text(&s, "rt"), "rt-9");
         let bad = [("k".to_string(), "{{ nope }}".to_string())].into();
-        let err = build(&pcred(bad), &token(), Timestamp::UNIX_EPOCH, "1/7").unwrap_err();
+        let err = build(&pcred(bad), &token(), None, Timestamp::UNIX_EPOCH, "1/7").unwrap_err();
         assert!(err.starts_with("spec.output.keys.k:"), "{err}");
     }
 
     #[test]
     fn foreign_secret_is_not_owned() {
         let pc = pcred(Default::default());
-        let mut s = build(&pc, &token(), Timestamp::UNIX_EPOCH, "1/7").unwrap();
+        let mut s = build(&pc, &token(), None, Timestamp::UNIX_EPOCH, "1/7").unwrap();
         s.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
         assert!(!owned_by(&s, &pc));
         s.metadata.owner_references = None;

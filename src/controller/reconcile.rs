@@ -243,7 +243,14 @@ impl<'a> Reconcile<'a> {
 
         // build + apply: the state first, so a rotated refresh token is never lost
         let renew_at = policy.renew_at(token.issued_at, token.expires_at);
-        let secret = match output::build(self.pc, &token, renew_at, &source) {
+        self.record(&mut state, &token, &grant, &inputs);
+        let secret = match output::build(
+            self.pc,
+            &token,
+            state.refresh_token.as_ref(),
+            renew_at,
+            &source,
+        ) {
             Ok(s) => s,
             Err(message) => {
                 return self
@@ -251,7 +258,6 @@ impl<'a> Reconcile<'a> {
                     .await;
             }
         };
-        self.record(&mut state, &token, &grant, &inputs);
         self.apply_state(&state).await?;
         self.secrets
             .patch(

@@ -355,12 +355,15 @@ mod tests {
         let form = token_form(&s, &InputKeys::default(), &inputs(), &Grant::Primary).unwrap();
         assert_eq!(form.param("username"), Some("pilot"));
         assert_eq!(form.param("password"), Some("hunter2"));
-        let s = spec(GrantType::AuthorizationCode, ClientAuthentication::None);
+        // a public client with an audience
+        let mut s = spec(GrantType::AuthorizationCode, ClientAuthentication::None);
+        s.audience = Some("https://api.example".into());
         let form = token_form(&s, &InputKeys::default(), &inputs(), &Grant::Primary).unwrap();
         assert_eq!(form.param("code"), Some("abc"));
         assert_eq!(form.param("redirect_uri"), Some("https://app.example/cb"));
         assert_eq!(form.param("client_secret"), None);
         assert_eq!(form.param("client_id"), Some("my client"));
+        assert_eq!(form.param("audience"), Some("https://api.example"));
     }
 
     #[test]
