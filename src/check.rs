@@ -28,7 +28,7 @@ pub struct Summary {
 
 #[derive(Debug, Default)]
 pub struct Options {
-    pub allow_insecure_http: bool,
+    pub egress: providers::Egress,
     pub show_token: bool,
     /// Log in, then refresh once with the refresh token that came back.
     pub refresh: bool,
@@ -63,14 +63,14 @@ async fn fetch(
     inputs: &Inputs,
     grant: Grant,
     upstream: Option<Upstream>,
-    allow_insecure_http: bool,
+    egress: &providers::Egress,
 ) -> Result<Token, String> {
     let request = Request {
         spec: &pc.spec,
         inputs,
         grant,
         now: crate::renewal::now(),
-        allow_insecure_http,
+        egress,
         upstream,
     };
     providers::fetch(http, &request)
@@ -82,10 +82,10 @@ async fn fetch(
 pub async fn upstream(
     pc: &ProviderCredential,
     inputs: &Inputs,
-    allow_insecure_http: bool,
+    egress: &providers::Egress,
 ) -> Result<Upstream, String> {
     let http = client()?;
-    let token = fetch(&http, pc, inputs, Grant::Primary, None, allow_insecure_http)
+    let token = fetch(&http, pc, inputs, Grant::Primary, None, egress)
         .await
         .map_err(|e| format!("upstream: {e}"))?;
     Ok(Upstream {
@@ -112,23 +112,15 @@ pub async fn run(
 ) -> Result<Summary, String> {
     let policy = Policy::from_spec(pc.spec.refresh.as_ref())?;
     let http = client()?;
-    let insecure = options.allow_insecure_http;
-    let mut token = fetch(
-        &http,
-        pc,
-        inputs,
-        Grant::Primary,
-        upstream.clone(),
-        insecure,
-    )
-    .await?;
+    let egress = &options.egress;
+    let mut token = fetch(&http, pc, inputs, Grant::Primary, upstream.clone(), egress).await?;
     if options.refresh {
         let refresh_token = token
             .refresh_token
             .clone()
             .ok_or("--refresh: the login answered no refresh token")?;
         let refresh = Grant::Refresh(refresh_token);
-        token = fetch(&http, pc, inputs, refresh, upstream, insecure)
+        token = fetch(&http, pc, inputs, refresh, upstream, egress)
             .await
             .map_err(|e| format!("refresh: {e}"))?;
     }

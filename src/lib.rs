@@ -9,6 +9,9 @@
 pub mod check;
 pub mod controller;
 pub mod crd;
+pub mod election;
+pub mod http;
+pub mod metrics;
 pub mod providers;
 pub mod renewal;
 pub mod telemetry;

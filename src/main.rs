@@ -29,16 +29,27 @@ enum Command {
     Crd,
     /// Fetch one token as the controller would, without a cluster, and print a JSON summary.
     Check(CheckArgs),
+    /// Ask the controller to renew a ProviderCredential's token now (sets the
+    /// `tokensync.dev/force-refresh` annotation).
+    Refresh(RefreshArgs),
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "TOKENSYNC_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (repeat or comma-separate; default: all namespaces).
+    #[arg(
+        long = "namespace",
+        env = "TOKENSYNC_NAMESPACES",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
     /// Allow plain-http token URLs. Never in production.
     #[arg(long, env = "TOKENSYNC_ALLOW_INSECURE_HTTP")]
     allow_insecure_http: bool,
+    /// Token hosts requests may go to (comma-separated; `*.example.com` for subdomains).
+    /// Default: any host. Keeps tenants from pointing the controller at internal addresses.
+    #[arg(long, env = "TOKENSYNC_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     /// Timeout of one request to a provider, in seconds.
     #[arg(long, default_value_t = 30)]
     request_timeout: u64,
@@ -48,8 +59,33 @@ struct RunArgs {
     /// Attempts to revoke a replaced or deleted token before giving up (with a Warning event).
     #[arg(long, default_value_t = 5)]
     max_revoke_attempts: u32,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "TOKENSYNC_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// Run the controllers only while holding a coordination.k8s.io Lease (for replicas > 1).
+    #[arg(long, env = "TOKENSYNC_LEADER_ELECT")]
+    leader_elect: bool,
+    #[arg(long, default_value = "tokensync-leader")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a lease lasts without renewal: the longest a dead leader blocks a standby.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENSYNC_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+#[derive(clap::Args)]
+struct RefreshArgs {
+    /// The ProviderCredential to renew now.
+    name: String,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +120,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(args).await,
+        Command::Refresh(args) => refresh(args).await,
     }
 }
 
@@ -97,11 +134,13 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
         }
     };
     let config = Config {
-        namespace: args.namespace,
+        namespaces: args.namespaces,
         allow_insecure_http: args.allow_insecure_http,
+        allowed_hosts: args.allowed_hosts,
         request_timeout: Duration::from_secs(args.request_timeout),
         concurrency: args.concurrency,
         max_revoke_attempts: args.max_revoke_attempts.max(1),
+        leader_election: args.leader_elect,
         ..Config::default()
     };
     let ctx = match Context::new(client, config) {
@@ -111,13 +150,77 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let listener = match tokio::net::TcpListener::bind(args.http_addr).await {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, addr = %args.http_addr, "cannot listen for /healthz, /readyz, /metrics");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(tokensync::http::serve(
+        listener,
+        ctx.health.clone(),
+        ctx.metrics.clone(),
+    ));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        http = %args.http_addr,
+        namespaces = ?ctx.config.namespaces,
+        leader_elect = args.leader_elect,
         "tokensync controller starting"
     );
-    controller::run(ctx, shutdown_signal()).await;
+    if args.leader_elect {
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let lease = tokensync::election::LeaseConfig {
+            name: args.lease_name,
+            namespace: args.lease_namespace,
+            identity,
+            duration_seconds: args.lease_duration,
+            grace_seconds: (args.lease_duration / 3).max(1),
+        };
+        if let Err(error) = tokensync::election::run(ctx, lease, shutdown_signal()).await {
+            tracing::error!(%error, "leader election failed");
+            return std::process::ExitCode::FAILURE;
+        }
+    } else {
+        ctx.metrics.set_leader(true);
+        controller::run(ctx, shutdown_signal()).await;
+    }
     tracing::info!("tokensync controller stopped");
     std::process::ExitCode::SUCCESS
+}
+
+async fn refresh(args: RefreshArgs) -> std::process::ExitCode {
+    let result = async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| e.to_string())?;
+        let api: kube::Api<ProviderCredential> = kube::Api::namespaced(client, &args.namespace);
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            tokensync::controller::FORCE_REFRESH_ANNOTATION: jiff::Timestamp::now().to_string()
+        }}});
+        api.patch(
+            &args.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            println!("renewal of {}/{} requested", args.namespace, args.name);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("tokensync refresh: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -151,8 +254,12 @@ fn load_pair(
 }
 
 async fn check(args: CheckArgs) -> std::process::ExitCode {
-    let options = tokensync::check::Options {
+    let egress = tokensync::providers::Egress {
         allow_insecure_http: args.allow_insecure_http,
+        allowed_hosts: Vec::new(),
+    };
+    let options = tokensync::check::Options {
+        egress: egress.clone(),
         show_token: args.show_token,
         refresh: args.refresh,
     };
@@ -161,7 +268,7 @@ async fn check(args: CheckArgs) -> std::process::ExitCode {
         let upstream = match &args.upstream {
             Some(path) => {
                 let (up, up_inputs) = load_pair(path, None)?;
-                Some(tokensync::check::upstream(&up, &up_inputs, args.allow_insecure_http).await?)
+                Some(tokensync::check::upstream(&up, &up_inputs, &egress).await?)
             }
             None => None,
         };

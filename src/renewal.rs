@@ -166,7 +166,6 @@ pub struct Observed {
     pub current: Option<Current>,
     /// The spec generation and inputs version now.
     pub source: String,
-    pub failure: Option<Failure>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,15 +217,17 @@ pub fn backoff(failures: u32) -> SignedDuration {
     (BASE_BACKOFF * (1i32 << exp)).min(MAX_BACKOFF)
 }
 
+/// While the last attempt from the same `source` failed and its backoff runs: when to retry.
+/// Checked before anything else is tried, so a failure never turns into a hot loop; a change of
+/// the source (spec, inputs, a forced renewal) retries at once.
+pub fn retry_at(failure: Option<&Failure>, source: &str, now: Timestamp) -> Option<Timestamp> {
+    let failure = failure.filter(|f| f.source == source)?;
+    let at = truncate(failure.at + backoff(failure.count));
+    (now < at).then_some(at)
+}
+
+/// What to do about the token in place.
 pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
-    if let Some(failure) = &observed.failure
-        && failure.source == observed.source
-    {
-        let retry_at = truncate(failure.at + backoff(failure.count));
-        if now < retry_at {
-            return Decision::Wait(retry_at);
-        }
-    }
     let Some(current) = &observed.current else {
         return Decision::Renew(Reason::Missing);
     };
@@ -269,7 +270,6 @@ mod tests {
         Observed {
             current,
             source: "1/100".into(),
-            failure: None,
         }
     }
 
@@ -364,17 +364,16 @@ mod tests {
         assert_eq!(backoff(2), SignedDuration::from_secs(10));
         assert_eq!(backoff(4), SignedDuration::from_secs(40));
         assert_eq!(backoff(30), MAX_BACKOFF);
-        let mut obs = observed(None);
-        obs.failure = Some(Failure {
+        let failure = Failure {
             at: t(100),
             count: 3,
             source: "1/100".into(),
-        });
-        assert_eq!(decide(&obs, t(101)), Decision::Wait(t(120)));
-        assert_eq!(decide(&obs, t(120)), Decision::Renew(Reason::Missing));
+        };
+        assert_eq!(retry_at(Some(&failure), "1/100", t(101)), Some(t(120)));
+        assert_eq!(retry_at(Some(&failure), "1/100", t(120)), None);
         // the inputs changed since the failure: retry now
-        obs.source = "1/101".into();
-        assert_eq!(decide(&obs, t(101)), Decision::Renew(Reason::Missing));
+        assert_eq!(retry_at(Some(&failure), "1/101", t(101)), None);
+        assert_eq!(retry_at(None, "1/100", t(101)), None);
     }
 
     #[test]
@@ -419,13 +418,15 @@ mod tests {
 
     #[test]
     fn a_due_token_still_waits_out_the_backoff() {
-        let mut obs = observed(Some(current(0, Some(1200))));
-        obs.failure = Some(Failure {
+        // renewal was due at 800 and failed at 900: the next try is at 905, not before
+        let obs = observed(Some(current(0, Some(1200))));
+        let failure = Failure {
             at: t(900),
             count: 1,
             source: "1/100".into(),
-        });
-        assert_eq!(decide(&obs, t(901)), Decision::Wait(t(905)));
+        };
+        assert_eq!(retry_at(Some(&failure), &obs.source, t(901)), Some(t(905)));
+        assert_eq!(retry_at(Some(&failure), &obs.source, t(905)), None);
         assert_eq!(decide(&obs, t(905)), Decision::Renew(Reason::Due));
     }
 }

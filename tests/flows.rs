@@ -391,7 +391,7 @@ async fn a_failing_revocation_never_blocks_deletion_forever() {
     let ns = TestNs::new(&client, "revokefail").await;
     let fakes = FakeProviders::start(0).await.unwrap();
     let config = Config {
-        namespace: Some(ns.name.clone()),
+        namespaces: vec![ns.name.clone()],
         allow_insecure_http: true,
         max_revoke_attempts: 2,
         ..Config::default()

@@ -166,7 +166,7 @@ async fn missing_inputs_secret_is_a_condition_and_recovers_when_it_appears() {
     assert!(
         events
             .iter()
-            .any(|e| e.reason.as_deref() == Some("InputsNotFound")
+            .any(|e| e.reason.as_deref() == Some("InputsMissing")
                 && e.type_.as_deref() == Some("Warning")),
         "{events:?}"
     );

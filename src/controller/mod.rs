@@ -8,7 +8,7 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -17,19 +17,24 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
 pub use output::{ANNOTATION_PREFIX, MANAGED_BY_LABEL, MANAGER};
-pub use reconcile::FINALIZER;
+pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
 pub use state::name as state_secret_name;
 pub use status::{REASON_ISSUED, REASON_RENEWED};
 
 use crate::crd::ProviderCredential;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::providers::Egress;
 
 /// What the operator's flags set.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Watch only this namespace; all namespaces when `None`.
-    pub namespace: Option<String>,
+    /// Watch only these namespaces; all namespaces when empty.
+    pub namespaces: Vec<String>,
     /// Allow plain-http token URLs (tests and the demo; never in production).
     pub allow_insecure_http: bool,
+    /// Token hosts requests may go to (`*.example.com` for subdomains); any when empty.
+    pub allowed_hosts: Vec<String>,
     /// Timeout of one HTTP request to a provider.
     pub request_timeout: Duration,
     /// Reconciles running at once.
@@ -38,17 +43,21 @@ pub struct Config {
     pub reporter: String,
     /// Attempts to revoke a replaced or deleted token before giving up with a Warning event.
     pub max_revoke_attempts: u32,
+    /// Whether the controllers run only while holding a leader lease (for readiness).
+    pub leader_election: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            namespace: None,
+            namespaces: Vec::new(),
             allow_insecure_http: false,
+            allowed_hosts: Vec::new(),
             request_timeout: Duration::from_secs(30),
             concurrency: 4,
             reporter: "tokensync".into(),
             max_revoke_attempts: 5,
+            leader_election: false,
         }
     }
 }
@@ -58,17 +67,14 @@ pub struct Context {
     pub client: Client,
     pub http: reqwest::Client,
     pub recorder: Recorder,
+    pub egress: Egress,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     pub config: Config,
 }
 
 impl Context {
     pub fn new(client: Client, config: Config) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -77,12 +83,45 @@ impl Context {
             },
         );
         Ok(Self {
+            http: http_client(&config, &[])?,
             client,
-            http,
             recorder,
+            egress: Egress {
+                allow_insecure_http: config.allow_insecure_http,
+                allowed_hosts: config.allowed_hosts.clone(),
+            },
+            metrics: Arc::default(),
+            health: Arc::new(Health::new(config.leader_election)),
             config,
         })
     }
+
+    /// An HTTP client that also trusts the CA certificates in `pem` (on top of the system roots).
+    pub fn http_with_ca(&self, pem: &[u8]) -> Result<reqwest::Client, String> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("the CA bundle is not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err("the CA bundle holds no PEM certificate".into());
+        }
+        http_client(&self.config, &certs).map_err(|e| e.to_string())
+    }
+}
+
+/// Redirects are not followed: a token endpoint that redirects is misconfigured, and following
+/// would carry credentials to another host.
+fn http_client(
+    config: &Config,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")));
+    for cert in roots {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    builder.build()
 }
 
 /// Errors that reach the error policy: only talking to the apiserver fails this way; provider
@@ -117,8 +156,12 @@ impl Error {
     }
 }
 
-fn error_policy(_pc: Arc<ProviderCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_pc: Arc<ProviderCredential>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
+    ctx.metrics.reconcile_error(match error {
+        Error::RevocationPending { .. } => "RevocationPending",
+        _ => "KubernetesAPI",
+    });
     Action::requeue(error.retry_after())
 }
 
@@ -136,27 +179,60 @@ where
 /// Whether `pc` must be reconciled when the Secret `name` in its namespace changes.
 fn depends_on(pc: &ProviderCredential, name: &str) -> bool {
     let upstream = pc.spec.http.as_ref().and_then(|h| h.upstream.as_ref());
+    let ca_secret = pc
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.ca_bundle_secret.as_ref());
     pc.spec.inputs.secret_name == name
         || pc.spec.output.secret_name == name
+        || ca_secret.is_some_and(|c| c.name == name)
         || upstream.is_some_and(|u| state::owner_name(name) == Some(u.provider_credential.as_str()))
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controllers (one per watched namespace, or one for all) until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ns = ctx.config.namespace.as_deref();
-    let pcreds: Api<ProviderCredential> = api(&ctx.client, ns);
-    let secrets: Api<PartialObjectMeta<Secret>> = api(&ctx.client, ns);
+    let shutdown = shutdown.shared();
+    let namespaces: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.config.namespaces.iter().cloned().map(Some).collect()
+    };
+    ctx.health.starting(namespaces.len());
+    futures::future::join_all(
+        namespaces
+            .into_iter()
+            .map(|ns| run_one(ctx.clone(), ns, shutdown.clone())),
+    )
+    .await;
+}
+
+async fn run_one(
+    ctx: Arc<Context>,
+    ns: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let pcreds: Api<ProviderCredential> = api(&ctx.client, ns.as_deref());
+    let secrets: Api<PartialObjectMeta<Secret>> = api(&ctx.client, ns.as_deref());
     let controller = Controller::new(pcreds, watcher::Config::default().any_semantic());
     let store = controller.store();
+    ctx.metrics.watch_store(store.clone());
+    let health = ctx.health.clone();
+    let synced = store.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            health.synced_one();
+        }
+    });
     let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
     controller
         .with_config(config)
         // One metadata-only watch over Secrets: an output Secret changed or deleted by hand, an
-        // inputs Secret created or changed, or an upstream credential's new token, maps back to
-        // the ProviderCredentials that depend on it.
+        // inputs or CA Secret created or changed, or an upstream credential's new token, maps
+        // back to the ProviderCredentials that depend on it.
         .watches(secrets, watcher::Config::default(), move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();

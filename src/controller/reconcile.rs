@@ -22,11 +22,14 @@ use crate::token::{Inputs, SecretValue, Token};
 
 /// Held while a ProviderCredential with a revoke request exists, so its tokens are revoked.
 pub const FINALIZER: &str = "tokensync.dev/revoke";
+/// A new value of this annotation renews the token at once (`tokensync refresh NAME`).
+pub const FORCE_REFRESH_ANNOTATION: &str = "tokensync.dev/force-refresh";
 
 pub async fn reconcile(pc: Arc<ProviderCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pc.namespace().ok_or(Error::NoNamespace)?;
     let span = tracing::info_span!("reconcile", namespace = %ns, name = %pc.name_any());
-    async move {
+    ctx.metrics.reconciled();
+    let result = async {
         let needs_finalizer = pc.spec.http.as_ref().is_some_and(|h| h.revoke.is_some())
             || pc.finalizers().iter().any(|f| f == FINALIZER);
         if !needs_finalizer {
@@ -42,8 +45,46 @@ pub async fn reconcile(pc: Arc<ProviderCredential>, ctx: Arc<Context>) -> Result
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    match result {
+        // missing RBAC is the operator's misconfiguration, not a crash: say so on the object
+        Err(e) if forbidden(&e).is_some() => {
+            let message = forbidden(&e).unwrap_or_default();
+            let r = Reconcile::new(&pc, &ctx, &ns);
+            r.fail(
+                Failed::new(status::REASON_FORBIDDEN, message),
+                &forbidden_source(&pc),
+            )
+            .instrument(span)
+            .await
+        }
+        other => other,
+    }
+}
+
+/// The source a Forbidden failure is recorded under: retried after its backoff, or at once
+/// when the spec changes.
+fn forbidden_source(pc: &ProviderCredential) -> String {
+    format!("forbidden/{}", pc.metadata.generation.unwrap_or_default())
+}
+
+/// The apiserver's message when `error` is a 403.
+fn forbidden(error: &Error) -> Option<String> {
+    use kube::runtime::finalizer::Error as F;
+    match error {
+        Error::Kube(kube::Error::Api(s)) if s.code == 403 => Some(s.message.clone()),
+        Error::Finalizer(f) => match f.as_ref() {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => forbidden(e),
+            F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s))
+                if s.code == 403 =>
+            {
+                Some(s.message.clone())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 struct Reconcile<'a> {
@@ -83,9 +124,25 @@ impl<'a> Reconcile<'a> {
         self.pc.status.clone().unwrap_or_default()
     }
 
+    /// The last failed attempt, from status.
+    fn failure(&self) -> Option<Failure> {
+        let s = self.pc.status.as_ref()?;
+        Some(Failure {
+            at: s.last_failure_at.as_ref()?.0,
+            count: s.failures?,
+            source: s.last_failure_source.clone()?,
+        })
+    }
+
     async fn run(&self) -> Result<Action, Error> {
         let spec = self.spec();
         let generation = self.pc.metadata.generation.unwrap_or_default();
+        let failure = self.failure();
+        // a Forbidden failure backs off before any request is tried again
+        if let Some(at) = renewal::retry_at(failure.as_ref(), &forbidden_source(self.pc), self.now)
+        {
+            return Ok(requeue_at(at, self.now));
+        }
 
         // gather
         let output = self.secrets.get_opt(&spec.output.secret_name).await?;
@@ -94,13 +151,23 @@ impl<'a> Reconcile<'a> {
             .secrets
             .get_opt(&state::name(&self.pc.name_any()))
             .await?;
+        // what a token is obtained from: the spec, the inputs, and a forced renewal's request;
+        // a change of any renews at once, and failures back off per source
         let source = format!(
-            "{generation}/{}",
+            "{generation}/{}/{}",
             inputs_secret
                 .as_ref()
                 .and_then(|s| s.resource_version())
-                .unwrap_or_else(|| "none".into())
+                .unwrap_or_else(|| "none".into()),
+            self.pc
+                .annotations()
+                .get(FORCE_REFRESH_ANNOTATION)
+                .map(String::as_str)
+                .unwrap_or_default()
         );
+        if let Some(at) = renewal::retry_at(failure.as_ref(), &source, self.now) {
+            return Ok(requeue_at(at, self.now));
+        }
         for secret in output.iter().chain(state_secret.iter()) {
             if !output::owned_by(secret, self.pc) {
                 let message = format!(
@@ -148,18 +215,6 @@ impl<'a> Reconcile<'a> {
         let observed = Observed {
             current: current.clone(),
             source: source.clone(),
-            failure: match (
-                prev.failures,
-                &prev.last_failure_at,
-                &prev.last_failure_source,
-            ) {
-                (Some(count), Some(at), Some(src)) => Some(Failure {
-                    at: at.0,
-                    count,
-                    source: src.clone(),
-                }),
-                _ => None,
-            },
         };
         let reason = match renewal::decide(&observed, self.now) {
             Decision::Wait(until) => {
@@ -189,6 +244,10 @@ impl<'a> Reconcile<'a> {
             Ok(up) => up,
             Err(failed) => return self.fail(failed, &source).await,
         };
+        let http = match self.http_client().await? {
+            Ok(client) => client,
+            Err(failed) => return self.fail(failed, &source).await,
+        };
         let primary_possible = primary_possible(spec, &inputs, &state);
         let refresh_usable = state.refresh_usable(self.now) && has_refresh_request(spec);
         let mut grant = match renewal::choose_grant(reason, refresh_usable, primary_possible) {
@@ -207,7 +266,7 @@ impl<'a> Reconcile<'a> {
                     .await;
             }
         };
-        let mut result = self.fetch(&inputs, &grant, upstream.clone()).await;
+        let mut result = self.fetch(&http, &inputs, &grant, upstream.clone()).await;
         if matches!(grant, Grant::Refresh(_))
             && let Err(e) = &result
             && e.is_rejected_grant()
@@ -231,7 +290,7 @@ impl<'a> Reconcile<'a> {
             }
             warn!("refresh token rejected; falling back to the primary grant");
             grant = Grant::Primary;
-            result = self.fetch(&inputs, &grant, upstream).await;
+            result = self.fetch(&http, &inputs, &grant, upstream).await;
         }
         let token = match result {
             Ok(token) => token,
@@ -323,6 +382,7 @@ impl<'a> Reconcile<'a> {
 
     async fn fetch(
         &self,
+        http: &reqwest::Client,
         inputs: &Inputs,
         grant: &Grant,
         upstream: Option<Upstream>,
@@ -332,10 +392,62 @@ impl<'a> Reconcile<'a> {
             inputs,
             grant: grant.clone(),
             now: self.now,
-            allow_insecure_http: self.ctx.config.allow_insecure_http,
+            egress: &self.ctx.egress,
             upstream,
         };
-        providers::fetch(&self.ctx.http, &request).await
+        let started = std::time::Instant::now();
+        let result = providers::fetch(http, &request).await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.reason(),
+        };
+        self.ctx.metrics.token_request(
+            providers::kind(self.spec()),
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    /// The HTTP client for this credential: the shared one, or one that also trusts the CA
+    /// bundle named in `spec.tls`.
+    async fn http_client(&self) -> Result<Result<reqwest::Client, Failed>, Error> {
+        let Some(tls) = &self.spec().tls else {
+            return Ok(Ok(self.ctx.http.clone()));
+        };
+        let ns = self.pc.namespace().unwrap_or_default();
+        let (kind, pem) = match (&tls.ca_bundle_secret, &tls.ca_bundle_config_map) {
+            (Some(r), _) => {
+                let secret = self.secrets.get_opt(&r.name).await?;
+                let pem = secret.and_then(|s| s.data?.remove(&r.key)).map(|b| b.0);
+                (("Secret", &r.name, &r.key), pem)
+            }
+            (None, Some(r)) => {
+                let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                    Api::namespaced(self.ctx.client.clone(), &ns);
+                let cm = api.get_opt(&r.name).await?;
+                let pem = cm
+                    .and_then(|c| c.data?.remove(&r.key))
+                    .map(String::into_bytes);
+                (("ConfigMap", &r.name, &r.key), pem)
+            }
+            (None, None) => return Ok(Ok(self.ctx.http.clone())),
+        };
+        let (what, name, key) = kind;
+        let Some(pem) = pem else {
+            return Ok(Err(Failed::new(
+                status::REASON_CA_BUNDLE_NOT_FOUND,
+                format!(
+                    "{what} {name:?} with key {key:?} (spec.tls) not found in namespace {ns:?}"
+                ),
+            )));
+        };
+        Ok(self.ctx.http_with_ca(&pem).map_err(|e| {
+            Failed::new(
+                status::REASON_INVALID_SPEC,
+                format!("spec.tls: {what} {name:?} key {key:?}: {e}"),
+            )
+        }))
     }
 
     /// Fold a new token into the state: rotate the refresh token, remember used one-time
@@ -443,7 +555,7 @@ impl<'a> Reconcile<'a> {
             inputs,
             grant: Grant::Primary,
             now: self.now,
-            allow_insecure_http: self.ctx.config.allow_insecure_http,
+            egress: &self.ctx.egress,
             upstream,
         };
         for p in due {
@@ -534,6 +646,7 @@ impl<'a> Reconcile<'a> {
     async fn fail(&self, failed: Failed, source: &str) -> Result<Action, Error> {
         let Failed { reason, message } = failed;
         warn!(reason, %message, "token not refreshed");
+        self.ctx.metrics.reconcile_error(reason);
         let prev = self.status();
         let next = status::failure(
             &prev,
@@ -545,7 +658,8 @@ impl<'a> Reconcile<'a> {
         );
         let delay = renewal::backoff(next.failures.unwrap_or(1));
         self.write_status(&prev, next).await?;
-        self.event(EventType::Warning, reason, message).await;
+        self.event(EventType::Warning, status::event_reason(reason), message)
+            .await;
         Ok(Action::requeue(
             Duration::try_from(delay).unwrap_or(Duration::from_secs(5)),
         ))

@@ -17,6 +17,22 @@ pub const REASON_REFRESH_REJECTED: &str = "RefreshTokenRejected";
 pub const REASON_UPSTREAM_NOT_READY: &str = "UpstreamNotReady";
 pub const REASON_REVOKED: &str = "TokenRevoked";
 pub const REASON_REVOKE_FAILED: &str = "RevocationFailed";
+pub const REASON_FORBIDDEN: &str = "Forbidden";
+pub const REASON_CA_BUNDLE_NOT_FOUND: &str = "CABundleNotFound";
+
+/// The event reason for a failure's condition reason: missing inputs are `InputsMissing`, a
+/// failed or refused token request `TokenRequestFailed`; the rest keep their own reason.
+pub fn event_reason(condition_reason: &str) -> &str {
+    match condition_reason {
+        REASON_INPUTS_NOT_FOUND | "InputKeyMissing" => "InputsMissing",
+        "Unauthorized"
+        | "TokenRequestFailed"
+        | "ProviderUnreachable"
+        | "InsecureURL"
+        | "HostNotAllowed" => "TokenRequestFailed",
+        other => other,
+    }
+}
 
 /// Set a condition; `lastTransitionTime` moves only when the status flips.
 fn set_condition(

@@ -175,11 +175,11 @@ pub fn render_request(
     field: &str,
     spec: &HttpRequestSpec,
     ctx: &Value,
-    allow_insecure_http: bool,
+    egress: &super::Egress,
 ) -> Result<Rendered, ProviderError> {
     let plain = env(false);
     let url = render(&env(true), &format!("{field}.url"), &spec.url, ctx)?;
-    let url = check_url(&url, allow_insecure_http)?;
+    let url = check_url(&url, egress)?;
     let headers = spec
         .headers
         .iter()
@@ -424,7 +424,7 @@ pub async fn fetch(
         }
     };
     let ctx = context(req, spec, &vars)?;
-    let rendered = render_request(field, request, &ctx, req.allow_insecure_http)?;
+    let rendered = render_request(field, request, &ctx, req.egress)?;
     let url = rendered.url.to_string();
     let body = send(http, rendered).await?;
     let requested = match &spec.requested_lifetime {
@@ -446,7 +446,7 @@ pub async fn revoke(
         return Ok(false);
     };
     let ctx = context(req, spec, vars)?;
-    let rendered = render_request("spec.http.revoke", revoke, &ctx, req.allow_insecure_http)?;
+    let rendered = render_request("spec.http.revoke", revoke, &ctx, req.egress)?;
     match send(http, rendered).await {
         Ok(_) => Ok(true),
         // already gone counts as revoked
@@ -459,6 +459,11 @@ pub async fn revoke(
 mod tests {
     use super::*;
     use crate::token::Inputs;
+
+    static EGRESS: crate::providers::Egress = crate::providers::Egress {
+        allow_insecure_http: false,
+        allowed_hosts: Vec::new(),
+    };
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
@@ -474,7 +479,7 @@ mod tests {
             inputs,
             grant: Grant::Primary,
             now: t(0),
-            allow_insecure_http: false,
+            egress: &EGRESS,
             upstream: None,
         }
     }
@@ -511,7 +516,7 @@ requestedLifetime: 8d
             .into_iter()
             .collect();
         let ctx = context(&req(&pc, &inputs), &http, &Vars::default()).unwrap();
-        let r = render_request("spec.http.login", &http.login, &ctx, false).unwrap();
+        let r = render_request("spec.http.login", &http.login, &ctx, &EGRESS).unwrap();
         assert_eq!(r.url.path(), "/api/v1/tokens/a%20b%2Fc%40x");
         let Some(Body::Json(body)) = &r.body else {
             panic!()
@@ -548,7 +553,7 @@ requestedLifetime: 8d
         let pc = full(http.clone());
         let inputs = Inputs::default();
         let ctx = context(&req(&pc, &inputs), &http, &Vars::default()).unwrap();
-        let err = render_request("spec.http.login", &http.login, &ctx, false).unwrap_err();
+        let err = render_request("spec.http.login", &http.login, &ctx, &EGRESS).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("spec.http.login.form.user: template error"),

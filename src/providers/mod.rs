@@ -26,8 +26,8 @@ pub struct Request<'a> {
     pub inputs: &'a Inputs,
     pub grant: Grant,
     pub now: Timestamp,
-    /// Whether plain-http URLs are allowed (the operator's `--allow-insecure-http`).
-    pub allow_insecure_http: bool,
+    /// Where requests may go.
+    pub egress: &'a Egress,
     /// The token of the ProviderCredential named in `spec.http.upstream`.
     pub upstream: Option<Upstream>,
 }
@@ -49,6 +49,10 @@ pub enum ProviderError {
         "{url} uses plain http; token URLs must be https unless the operator runs with --allow-insecure-http"
     )]
     InsecureUrl { url: String },
+    #[error(
+        "host {host:?} is not in the operator's --allowed-hosts; ask the platform team to allow it"
+    )]
+    HostNotAllowed { host: String },
     #[error("{0}")]
     InvalidSpec(String),
     #[error("request to {url} failed: {reason}")]
@@ -70,6 +74,7 @@ impl ProviderError {
         match self {
             ProviderError::MissingInput { .. } => "InputKeyMissing",
             ProviderError::InsecureUrl { .. } => "InsecureURL",
+            ProviderError::HostNotAllowed { .. } => "HostNotAllowed",
             ProviderError::InvalidSpec(_) => "InvalidSpec",
             ProviderError::Transport { .. } => "ProviderUnreachable",
             ProviderError::Rejected { status: 401, .. }
@@ -138,18 +143,48 @@ pub fn kind(spec: &ProviderCredentialSpec) -> &'static str {
     }
 }
 
-/// Refuse plain http unless allowed; refuse anything that is not http(s).
-pub fn check_url(url: &str, allow_insecure_http: bool) -> Result<reqwest::Url, ProviderError> {
+/// Where token requests may go: the operator's `--allow-insecure-http` and `--allowed-hosts`.
+#[derive(Clone, Debug, Default)]
+pub struct Egress {
+    pub allow_insecure_http: bool,
+    /// Hosts requests may go to: exact names, or `*.example.com` for any subdomain. Empty: any.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Egress {
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.allowed_hosts.is_empty()
+            || self.allowed_hosts.iter().any(|allowed| {
+                let allowed = allowed.to_ascii_lowercase();
+                match allowed.strip_prefix("*.") {
+                    Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                    None => host == allowed,
+                }
+            })
+    }
+}
+
+/// Refuse plain http unless allowed, anything that is not http(s), and hosts outside the
+/// allowlist.
+pub fn check_url(url: &str, egress: &Egress) -> Result<reqwest::Url, ProviderError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ProviderError::InvalidSpec(format!("{url:?} is not a valid URL: {e}")))?;
     match parsed.scheme() {
-        "https" => Ok(parsed),
-        "http" if allow_insecure_http => Ok(parsed),
-        "http" => Err(ProviderError::InsecureUrl { url: url.into() }),
-        other => Err(ProviderError::InvalidSpec(format!(
-            "{url:?}: scheme {other:?} is not http(s)"
-        ))),
+        "https" => {}
+        "http" if egress.allow_insecure_http => {}
+        "http" => return Err(ProviderError::InsecureUrl { url: url.into() }),
+        other => {
+            return Err(ProviderError::InvalidSpec(format!(
+                "{url:?}: scheme {other:?} is not http(s)"
+            )));
+        }
     }
+    let host = parsed.host_str().unwrap_or_default();
+    if !egress.host_allowed(host) {
+        return Err(ProviderError::HostNotAllowed { host: host.into() });
+    }
+    Ok(parsed)
 }
 
 /// The `exp` claim of a JWT, read without verifying the signature: tokensync only needs to know
@@ -204,13 +239,38 @@ pub(crate) mod tests {
 
     #[test]
     fn urls_must_be_https_unless_allowed() {
-        assert!(check_url("https://a.example/token", false).is_ok());
+        let strict = Egress::default();
+        let insecure = Egress {
+            allow_insecure_http: true,
+            ..Default::default()
+        };
+        assert!(check_url("https://a.example/token", &strict).is_ok());
         assert!(matches!(
-            check_url("http://a.example/token", false),
+            check_url("http://a.example/token", &strict),
             Err(ProviderError::InsecureUrl { .. })
         ));
-        assert!(check_url("http://127.0.0.1:8080/token", true).is_ok());
-        assert!(check_url("ftp://a.example/", true).is_err());
+        assert!(check_url("http://127.0.0.1:8080/token", &insecure).is_ok());
+        assert!(check_url("ftp://a.example/", &insecure).is_err());
+    }
+
+    #[test]
+    fn allowed_hosts_are_exact_or_subdomain_wildcards() {
+        let egress = Egress {
+            allow_insecure_http: false,
+            allowed_hosts: vec!["auth.dronetag.app".into(), "*.airmap.io".into()],
+        };
+        assert!(check_url("https://auth.dronetag.app/realms/dcp", &egress).is_ok());
+        assert!(check_url("https://AUTH.dronetag.app:8443/x", &egress).is_ok());
+        assert!(check_url("https://sso.airmap.io/oauth/ro", &egress).is_ok());
+        for refused in [
+            "https://airmap.io/",
+            "https://evil-airmap.io/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://auth.dronetag.app.evil.example/",
+        ] {
+            let err = check_url(refused, &egress).unwrap_err();
+            assert_eq!(err.reason(), "HostNotAllowed", "{refused}");
+        }
     }
 
     #[test]

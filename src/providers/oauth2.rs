@@ -155,10 +155,10 @@ struct Discovery {
 pub async fn token_endpoint(
     http: &reqwest::Client,
     spec: &OAuth2Spec,
-    allow_insecure_http: bool,
+    egress: &super::Egress,
 ) -> Result<reqwest::Url, ProviderError> {
     if let Some(url) = &spec.token_url {
-        return check_url(url, allow_insecure_http);
+        return check_url(url, egress);
     }
     let issuer = spec.issuer_url.as_deref().ok_or_else(|| {
         ProviderError::InvalidSpec("spec.oauth2: set exactly one of tokenUrl or issuerUrl".into())
@@ -167,7 +167,7 @@ pub async fn token_endpoint(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     );
-    let checked = check_url(&url, allow_insecure_http)?;
+    let checked = check_url(&url, egress)?;
     let response = http
         .get(checked)
         .send()
@@ -188,7 +188,7 @@ pub async fn token_endpoint(
             url: url.clone(),
             reason: format!("not an OIDC discovery document: {e}"),
         })?;
-    check_url(&doc.token_endpoint, allow_insecure_http)
+    check_url(&doc.token_endpoint, egress)
 }
 
 pub(crate) fn transport(url: &str, e: reqwest::Error) -> ProviderError {
@@ -212,7 +212,7 @@ pub async fn fetch(
     req: &Request<'_>,
 ) -> Result<Token, ProviderError> {
     let form = token_form(spec, keys, req.inputs, &req.grant)?;
-    let url = token_endpoint(http, spec, req.allow_insecure_http).await?;
+    let url = token_endpoint(http, spec, req.egress).await?;
     let url_text = url.to_string();
     let body: Vec<(&str, &str)> = form
         .params

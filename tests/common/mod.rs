@@ -357,7 +357,7 @@ impl Operator {
         Self::start_with(
             client,
             Config {
-                namespace: Some(namespace.into()),
+                namespaces: vec![namespace.into()],
                 allow_insecure_http: true,
                 ..Config::default()
             },
