@@ -64,13 +64,13 @@ impl prometheus_client::collector::Collector for Credentials {
         };
         let times = [
             (
-                "tokensync_credential_expiration_timestamp_seconds",
+                "credential_expiration_timestamp_seconds",
                 "The time the current token expires, in Unix seconds",
                 (|s: &crate::crd::ProviderCredentialStatus| s.expires_at.clone())
                     as fn(&crate::crd::ProviderCredentialStatus) -> _,
             ),
             (
-                "tokensync_credential_renewal_timestamp_seconds",
+                "credential_renewal_timestamp_seconds",
                 "The time the controller will renew the token, in Unix seconds",
                 |s| s.renew_at.clone(),
             ),
@@ -85,7 +85,7 @@ impl prometheus_client::collector::Collector for Credentials {
             }
         }
         let mut m = encoder.encode_descriptor(
-            "tokensync_credential_ready_status",
+            "credential_ready_status",
             "The Ready condition of each ProviderCredential (1 for its current status)",
             None,
             MetricType::Gauge,

@@ -258,20 +258,25 @@ pub struct FakeProviders {
     pub addr: SocketAddr,
     pub state: Arc<State>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    tls: bool,
 }
 
 impl FakeProviders {
-    /// Serve every vendor on `127.0.0.1:port` (0 for any free port).
-    pub async fn start(port: u16) -> std::io::Result<Self> {
-        let state = Arc::new(State::default());
-        let app = axum::Router::new()
+    fn app(state: Arc<State>) -> axum::Router {
+        axum::Router::new()
             .nest("/altitude-angel", altitude_angel::router())
             .nest("/pix4d", pix4d::router())
             .nest("/dronetag-auth", dronetag::auth_router())
             .nest("/dronetag-api", dronetag::api_router())
             .nest("/airmap", airmap::router())
             .nest("/json-login", json_login::router())
-            .with_state(state.clone());
+            .with_state(state)
+    }
+
+    /// Serve every vendor on `127.0.0.1:port` (0 for any free port).
+    pub async fn start(port: u16) -> std::io::Result<Self> {
+        let state = Arc::new(State::default());
+        let app = Self::app(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -286,12 +291,66 @@ impl FakeProviders {
             addr,
             state,
             shutdown: Some(tx),
+            tls: false,
         })
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// Serve every vendor over HTTPS with this certificate chain and key (PEM).
+    pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<Self> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |e: &dyn std::fmt::Display| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(&e))?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let state = Arc::new(State::default());
+        let app = Self::app(state.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    _ = &mut rx => break,
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // a client that refuses the certificate ends the handshake: nothing to serve
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: Some(tx),
+            tls: true,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` (or `https://` when serving TLS)
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 

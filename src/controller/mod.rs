@@ -223,8 +223,15 @@ async fn run_one(
     let health = ctx.health.clone();
     let synced = store.clone();
     tokio::spawn(async move {
-        if synced.wait_until_ready().await.is_ok() {
-            health.synced_one();
+        // Store::wait_until_ready registers one waker at a time, and the controller waits on the
+        // same store, so poll again now and then: the first poll after the sync sees it ready.
+        loop {
+            let wait = synced.wait_until_ready();
+            match tokio::time::timeout(Duration::from_millis(250), wait).await {
+                Ok(Ok(())) => break health.synced_one(),
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
         }
     });
     let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);

@@ -348,6 +348,7 @@ impl Drop for TokenLog {
 
 /// The operator, in-process, watching one namespace.
 pub struct Operator {
+    pub ctx: Arc<Context>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -367,13 +368,64 @@ impl Operator {
     pub fn start_with(client: &Client, config: Config) -> Self {
         let ctx = Arc::new(Context::new(client.clone(), config).unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(ctx, async {
+        let task = tokio::spawn(controller::run(ctx.clone(), async {
             let _ = rx.await;
         }));
         Self {
+            ctx,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Run the controller only while holding the Lease `lease` in `namespace`.
+    pub fn start_elected(
+        client: &Client,
+        namespace: &str,
+        lease: &str,
+        identity: &str,
+        duration: u64,
+    ) -> Self {
+        let config = Config {
+            namespaces: vec![namespace.into()],
+            allow_insecure_http: true,
+            leader_election: true,
+            ..Config::default()
+        };
+        let ctx = Arc::new(Context::new(client.clone(), config).unwrap());
+        let lease = tokensync::election::LeaseConfig {
+            name: lease.into(),
+            namespace: namespace.into(),
+            identity: identity.into(),
+            duration_seconds: duration,
+            grace_seconds: 1,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = ctx.clone();
+        let task = tokio::spawn(async move {
+            tokensync::election::run(c, lease, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("leader election runs");
+        });
+        Self {
+            ctx,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Kill: no graceful shutdown, no lease release.
+    pub fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// The operator's /metrics text.
+    pub fn metrics(&self) -> String {
+        self.ctx.metrics.encode()
     }
 
     /// Stop gracefully: in-flight reconciles finish.
@@ -472,5 +524,52 @@ impl OidcServer {
             .await
             .unwrap();
         v["code"].as_str().unwrap().to_string()
+    }
+}
+
+/// A private CA and a server certificate for 127.0.0.1 it signed (made with openssl).
+pub struct PrivateCa {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl PrivateCa {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tokensync-ca-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |script: &str| {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(script)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=tokensync-test-private-ca 2>/dev/null",
+        );
+        sh(
+            "openssl req -new -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null \
+            && printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > ext \
+            && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt 2>/dev/null",
+        );
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        let ca = Self {
+            ca_pem: read("ca.crt"),
+            cert_pem: read("server.crt"),
+            key_pem: read("server.key"),
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        ca
     }
 }

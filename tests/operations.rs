@@ -1,0 +1,466 @@
+//! Running it in production: Secret ownership, inputs and Secret watches, egress controls, private
+//! CAs, forced renewal, metrics, and leader election, on the real apiserver.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use tokensync::controller::Config;
+use tokensync::crd::ProviderCredential;
+
+const AA_EXAMPLE: &str = "altitude-angel-client-credentials.yaml";
+const AA: &str = "altitude-angel-client";
+const AA_SECRET: &str = "altitude-angel-token";
+const AA_ROUTE: &str = "altitude-angel token client_credentials";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn example(name: &str, base: &str) -> String {
+    let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
+    tokensync_fakes::rewrite_urls(&text, base)
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_never_overwritten() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "foreign").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let foreign: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": AA_SECRET}, "stringData": {"token": "somebody else's"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    let pc = ns
+        .wait_ready(AA, "False", Some("SecretOwnedElsewhere"))
+        .await;
+    assert!(ready(&pc).unwrap().message.contains(AA_SECRET));
+    let secret = secrets.get(AA_SECRET).await.unwrap();
+    assert_eq!(
+        secret_text(&secret, "token").as_deref(),
+        Some("somebody else's")
+    );
+    assert!(secret.owner_references().is_empty());
+    assert_eq!(
+        fakes.state.count(AA_ROUTE),
+        0,
+        "no token is fetched for a Secret it cannot write"
+    );
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn changed_inputs_give_a_new_token_and_a_deleted_secret_is_rewritten() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "watches").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_ready(AA, "True", None).await;
+    let secrets: Api<Secret> = ns.api();
+    let first = secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token").unwrap();
+
+    // the inputs change (a rotated client secret, here re-set with a new label): a new token
+    // now, long before the 20-minute token's renewal
+    let patch = serde_json::json!({"metadata": {"labels": {"rotated": "yes"}}});
+    secrets
+        .patch(
+            "altitude-angel-client",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let second = eventually("a token for the new inputs", WAIT, || async {
+        let t = secret_text(&secrets.get(AA_SECRET).await.ok()?, "token")?;
+        (t != first).then_some(t)
+    })
+    .await;
+
+    // the managed Secret is deleted by hand: it is written again
+    secrets
+        .delete(AA_SECRET, &DeleteParams::default())
+        .await
+        .unwrap();
+    let third = eventually("the Secret rewritten", WAIT, || async {
+        let s = secrets.get_opt(AA_SECRET).await.ok()??;
+        secret_text(&s, "token")
+    })
+    .await;
+    assert_ne!(third, second);
+    // new inputs ran the primary grant; the rewrite lived on the stored refresh token
+    assert_eq!(fakes.state.count(AA_ROUTE), 2);
+    assert_eq!(fakes.state.count("altitude-angel token refresh_token"), 1);
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_without_the_flag_and_hosts_outside_the_allowlist_always() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "egress").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let strict = Config {
+        namespaces: vec![ns.name.clone()],
+        ..Config::default()
+    };
+    let operator = Operator::start_with(&client, strict);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    let pc = ns.wait_ready(AA, "False", Some("InsecureURL")).await;
+    assert!(
+        ready(&pc)
+            .unwrap()
+            .message
+            .contains("--allow-insecure-http")
+    );
+    operator.stop().await;
+
+    // http allowed, but only to hosts on the allowlist
+    let allowlisted = Config {
+        namespaces: vec![ns.name.clone()],
+        allow_insecure_http: true,
+        allowed_hosts: vec!["auth.altitudeangel.com".into(), "*.pix4d.com".into()],
+        ..Config::default()
+    };
+    let operator = Operator::start_with(&client, allowlisted);
+    let pc = ns.wait_ready(AA, "False", Some("HostNotAllowed")).await;
+    assert!(ready(&pc).unwrap().message.contains("\"127.0.0.1\""));
+    assert_eq!(fakes.state.count(AA_ROUTE), 0, "a refused host was called");
+    let events = ns.events(AA).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("TokenRequestFailed")),
+        "{events:?}"
+    );
+    operator.stop().await;
+
+    let allowed = Config {
+        namespaces: vec![ns.name.clone()],
+        allow_insecure_http: true,
+        allowed_hosts: vec!["127.0.0.1".into()],
+        ..Config::default()
+    };
+    let operator = Operator::start_with(&client, allowed);
+    // the operator changed, not the object: wait out the backoff of the last failure
+    ns.wait_ready(AA, "True", None).await;
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_token_endpoint_behind_a_private_ca_works_with_the_bundle_and_fails_without() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "privateca").await;
+    let ca = PrivateCa::new();
+    let fakes = FakeProviders::start_tls(&ca.cert_pem, &ca.key_pem)
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    let bundle: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "vendor-ca"},
+        "data": {"ca.crt": ByteString(ca.ca_pem.clone())},
+    }))
+    .unwrap();
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &bundle)
+        .await
+        .unwrap();
+    let manifest = example(AA_EXAMPLE, &fakes.base_url());
+    assert!(manifest.contains("https://127.0.0.1:"), "served over TLS");
+
+    // without the bundle: the system roots do not know the CA
+    ns.apply(&manifest).await;
+    let pc = ns
+        .wait_ready(AA, "False", Some("ProviderUnreachable"))
+        .await;
+    let message = ready(&pc).unwrap().message.to_lowercase();
+    assert!(message.contains("certificate"), "{message}");
+
+    // with the bundle from a Secret: Ready
+    let patch = serde_json::json!({"spec": {"tls": {"caBundleSecret": {"name": "vendor-ca", "key": "ca.crt"}}}});
+    ns.api::<ProviderCredential>()
+        .patch(AA, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    ns.wait_ready(AA, "True", None).await;
+    assert_eq!(fakes.state.count(AA_ROUTE), 1);
+
+    // from a ConfigMap too; a missing one is its own condition
+    let patch = serde_json::json!({"spec": {"tls": {"caBundleSecret": null, "caBundleConfigMap": {"name": "vendor-ca", "key": "ca.crt"}}}});
+    ns.api::<ProviderCredential>()
+        .patch(AA, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    ns.wait_ready(AA, "False", Some("CABundleNotFound")).await;
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "vendor-ca"},
+        "data": {"ca.crt": String::from_utf8(ca.ca_pem.clone()).unwrap()},
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::core::v1::ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    // a ConfigMap is not watched: the retry after the backoff picks it up
+    ns.wait_ready(AA, "True", None).await;
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn tokensync_refresh_renews_on_demand() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "force").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_ready(AA, "True", None).await;
+    assert_eq!(fakes.state.count(AA_ROUTE), 1);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+        .args(["refresh", AA, "-n", &ns.name])
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("a forced renewal", WAIT, || async {
+        (fakes.state.count(AA_ROUTE) == 2).then_some(())
+    })
+    .await;
+    let pc = ns.wait_ready(AA, "True", Some("TokenRenewed")).await;
+    assert!(
+        pc.annotations()
+            .contains_key(tokensync::controller::FORCE_REFRESH_ANNOTATION)
+    );
+    // the same request is honoured once
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fakes.state.count(AA_ROUTE), 2);
+    operator.stop().await;
+    ns.delete().await;
+}
+
+/// The value of the first sample of `series` (a name with its labels) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_served_with_plausible_values() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "metrics").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tokensync::http::serve(
+        listener,
+        operator.ctx.health.clone(),
+        operator.ctx.metrics.clone(),
+    ));
+    operator.ctx.metrics.set_leader(true);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.apply_example("json-login-platform.yaml", &fakes).await;
+    let pc = ns.wait_ready(AA, "True", None).await;
+    // one credential failing, for the error series
+    let patch = serde_json::json!({"spec": {"inputs": {"secretName": "absent"}}});
+    ns.api::<ProviderCredential>()
+        .patch(
+            "json-login-platform",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    ns.wait_ready("json-login-platform", "False", Some("InputsNotFound"))
+        .await;
+
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(get("/healthz").await, (200, "ok".to_string()));
+    let (code, body) = get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, scrape) = get("/metrics").await;
+    assert_eq!(code, 200);
+    let id = format!(r#"namespace="{}",name="{AA}""#, ns.name);
+    let expires = pc
+        .status
+        .as_ref()
+        .unwrap()
+        .expires_at
+        .as_ref()
+        .unwrap()
+        .0
+        .as_second() as f64;
+    let renew = pc
+        .status
+        .as_ref()
+        .unwrap()
+        .renew_at
+        .as_ref()
+        .unwrap()
+        .0
+        .as_second() as f64;
+    let series = |name: &str, labels: &str| format!("{name}{{{labels}}}");
+    assert_eq!(
+        sample(
+            &scrape,
+            &series("tokensync_credential_expiration_timestamp_seconds", &id)
+        ),
+        Some(expires),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            &series("tokensync_credential_renewal_timestamp_seconds", &id)
+        ),
+        Some(renew)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            &series(
+                "tokensync_credential_ready_status",
+                &format!(r#"{id},condition="True""#)
+            )
+        ),
+        Some(1.0)
+    );
+    let failing = format!(
+        r#"namespace="{}",name="json-login-platform",condition="False""#,
+        ns.name
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            &series("tokensync_credential_ready_status", &failing)
+        ),
+        Some(1.0)
+    );
+    let ok = sample(
+        &scrape,
+        r#"tokensync_token_requests_total{provider="oauth2",result="success"}"#,
+    )
+    .unwrap();
+    assert!(ok >= 1.0);
+    let http_ok = sample(
+        &scrape,
+        r#"tokensync_token_requests_total{provider="http",result="success"}"#,
+    )
+    .unwrap();
+    assert!(http_ok >= 1.0);
+    let count = sample(
+        &scrape,
+        r#"tokensync_token_request_duration_seconds_count{provider="oauth2"}"#,
+    )
+    .unwrap();
+    let sum = sample(
+        &scrape,
+        r#"tokensync_token_request_duration_seconds_sum{provider="oauth2"}"#,
+    )
+    .unwrap();
+    assert!(
+        count >= 1.0 && sum > 0.0 && sum / count < 5.0,
+        "mean request time {sum}/{count}"
+    );
+    assert!(
+        sample(
+            &scrape,
+            r#"tokensync_reconcile_errors_total{reason="InputsNotFound"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(sample(&scrape, "tokensync_reconciles_total").unwrap() >= 2.0);
+    assert_eq!(sample(&scrape, "tokensync_leader"), Some(1.0));
+
+    // a deleted credential leaves no series behind
+    ns.api::<ProviderCredential>()
+        .delete(AA, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the series of a deleted credential gone", WAIT, || async {
+        let (_, scrape) = get("/metrics").await;
+        (!scrape.contains(&id)).then_some(())
+    })
+    .await;
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplicate_fetches() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "leader").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    fakes
+        .state
+        .set_lifetime(tokensync_fakes::Vendor::AltitudeAngel, 9);
+    let log = TokenLog::start(&ns, AA_SECRET, "token");
+    let first = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-a", 4);
+    eventually("replica-a leads", WAIT, || async {
+        (sample(&first.metrics(), "tokensync_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let second = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-b", 4);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_ready(AA, "True", None).await;
+    log.wait_for(2, WAIT).await;
+    // exactly one reconciles; the standby is ready and says it does not lead
+    assert_eq!(sample(&second.metrics(), "tokensync_leader"), Some(0.0));
+    assert_eq!(
+        sample(&second.metrics(), "tokensync_reconciles_total"),
+        Some(0.0)
+    );
+    assert!(second.ctx.health.ready());
+    assert!(sample(&first.metrics(), "tokensync_reconciles_total").unwrap() >= 1.0);
+
+    // kill the leader: no graceful stop, no lease release; the standby takes over after the
+    // lease runs out and keeps renewing, without fetching a token twice
+    let seen_before = log.values().len();
+    first.kill();
+    eventually("replica-b leads", WAIT, || async {
+        (sample(&second.metrics(), "tokensync_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    log.wait_for(seen_before + 2, WAIT).await;
+    assert!(sample(&second.metrics(), "tokensync_reconciles_total").unwrap() >= 1.0);
+    second.stop().await;
+    let issued: Vec<String> = fakes
+        .state
+        .issued(tokensync_fakes::Vendor::AltitudeAngel)
+        .into_iter()
+        .map(|i| i.token)
+        .collect();
+    eventually(
+        "every issued token written once",
+        Duration::from_secs(10),
+        || async {
+            let seen: Vec<String> = log.values().into_iter().map(|s| s.value).collect();
+            (seen == issued).then_some(())
+        },
+    )
+    .await;
+    log.assert_renewed_before_expiry();
+    ns.delete().await;
+}
