@@ -180,7 +180,147 @@ fn test() -> Result {
 }
 
 fn bench() -> Result {
-    run(cargo().args(["bench", "--bench", "renewal"]))
+    step("micro-benchmarks of the pure per-reconcile work");
+    run(cargo().args(["bench", "--bench", "renewal"]))?;
+    bench_sync()
+}
+
+const BENCH_NS: &str = "tokensync-bench";
+
+/// End to end on the local control plane, release builds: how long the operator takes to bring
+/// N new ProviderCredentials to Ready (each a token request to the fake Pix4D API, a state and
+/// an output Secret, a status write), and its resident memory afterwards.
+fn bench_sync() -> Result {
+    let n: usize = std::env::var("BENCH_CREDENTIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    step(&format!("end-to-end sync of {n} ProviderCredentials"));
+    run(cluster_sh().arg("up"))?;
+    let kubeconfig = kubeconfig()?;
+    let kubectl = tool("kubectl")?;
+    let k = |args: &[&str]| {
+        let mut c = Command::new(&kubectl);
+        c.env("KUBECONFIG", &kubeconfig).args(args);
+        c
+    };
+    run(cargo().args(["build", "--quiet", "--release", "--workspace", "--bins"]))?;
+    let bin = root().join("target/release");
+    let log_dir = root().join(".tokensync");
+    std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+    let mut fakes = Command::new(bin.join("fake-providers"))
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(fakes.stdout.take().unwrap())
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let _fakes = Background(fakes);
+    let base = line.trim().to_string();
+    run(&mut k(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &format!("crds/{CRD_FILE}"),
+    ]))?;
+    let _ = k(&[
+        "delete",
+        "namespace",
+        BENCH_NS,
+        "--ignore-not-found",
+        "--wait=true",
+    ])
+    .status();
+    run(&mut k(&["create", "namespace", BENCH_NS]))?;
+
+    let mut manifest = String::new();
+    for i in 0..n {
+        manifest.push_str(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-{i}-inputs}}\nstringData: {{client_id: example-client-id, client_secret: 'example-client-secret&=+%/'}}\n---\n\
+             apiVersion: tokensync.dev/v1alpha1\nkind: ProviderCredential\nmetadata: {{name: bench-{i}}}\nspec:\n  inputs: {{secretName: bench-{i}-inputs}}\n  \
+             oauth2: {{tokenUrl: '{base}/pix4d/oauth2/token/', grantType: client_credentials, extraParams: {{token_format: jwt}}}}\n  output: {{secretName: bench-{i}-token}}\n---\n"
+        ));
+    }
+    let applied = Instant::now();
+    apply_stdin(
+        k(&["apply", "-n", BENCH_NS, "-f", "-"]).stdout(Stdio::null()),
+        &manifest,
+    )?;
+    let applied = applied.elapsed();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let log =
+        std::fs::File::create(log_dir.join("bench-operator.log")).map_err(|e| e.to_string())?;
+    // the operator starts cold with N credentials waiting, as after an upgrade or a failover
+    let started = Instant::now();
+    let operator = Background(
+        Command::new(bin.join("tokensync"))
+            .args([
+                "run",
+                "--allow-insecure-http",
+                "--namespace",
+                BENCH_NS,
+                "--concurrency",
+                "8",
+            ])
+            .arg(format!("--http-addr=127.0.0.1:{port}"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let pid = operator.0.id();
+
+    let jsonpath =
+        r#"jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let out = output(&mut k(&["get", "pcred", "-n", BENCH_NS, "-o", jsonpath]))?;
+        let ready = out.lines().filter(|l| *l == "True").count();
+        if ready == n {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {ready} of {n} became Ready in 10 minutes"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let synced = started.elapsed();
+    let rss = rss_kib(pid, "VmRSS");
+    let peak = rss_kib(pid, "VmHWM");
+    let _ = k(&["delete", "namespace", BENCH_NS, "--wait=false"]).status();
+    drop(operator);
+    println!(
+        "\nend-to-end: operator started with {n} new ProviderCredentials, all Ready {:.1} s later ({:.0}/s); creating them with kubectl took {:.1} s",
+        synced.as_secs_f64(),
+        n as f64 / synced.as_secs_f64(),
+        applied.as_secs_f64()
+    );
+    println!(
+        "operator memory: {} MiB resident with {n} credentials (peak {} MiB)",
+        rss / 1024,
+        peak / 1024
+    );
+    println!(
+        "reproduce: BENCH_CREDENTIALS={n} cargo xtask bench   (release builds; control plane from cargo xtask cluster up)"
+    );
+    Ok(())
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A background process stopped on drop.
