@@ -495,6 +495,38 @@ async fn secret_values_never_reach_logs_events_or_status() {
         .await
         .unwrap();
     let pc = ns.wait_ready(AA, "False", Some("InputKeyMissing")).await;
+
+    // the declarative HTTP provider: a JSON login whose body carries the planted password,
+    // answered 401, and a revocation on delete
+    let planted_password = "planted-password-9e2b";
+    let json_login = tokensync_fakes::rewrite_urls(
+        &std::fs::read_to_string(root().join("examples/json-login-platform.yaml")).unwrap(),
+        &fakes.base_url(),
+    );
+    ns.apply(&json_login).await;
+    ns.wait_ready("json-login-platform", "True", None).await;
+    let jl_token = secret_text(&secrets.get("json-login-token").await.unwrap(), "token").unwrap();
+    let patch = serde_json::json!({"stringData": {"password": planted_password}});
+    secrets
+        .patch("json-login", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let jl = ns
+        .wait_ready("json-login-platform", "False", Some("Unauthorized"))
+        .await;
+    ns.api::<ProviderCredential>()
+        .delete("json-login-platform", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("revoked and deleted", Duration::from_secs(60), || async {
+        ns.api::<ProviderCredential>()
+            .get_opt("json-login-platform")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     operator.stop().await;
 
     let logs = captured_logs();
@@ -502,9 +534,20 @@ async fn secret_values_never_reach_logs_events_or_status() {
         logs.contains("token issued"),
         "the capture holds the operator's logs"
     );
-    let events = format!("{:?}", ns.events(AA).await);
-    let status = serde_json::to_string(&pc.status).unwrap();
-    for value in [planted, CLIENT_SECRET, PASSWORD, token.as_str()] {
+    let events = format!(
+        "{:?} {:?}",
+        ns.events(AA).await,
+        ns.events("json-login-platform").await
+    );
+    let status = serde_json::to_string(&(&pc.status, &jl.status)).unwrap();
+    for value in [
+        planted,
+        planted_password,
+        CLIENT_SECRET,
+        PASSWORD,
+        token.as_str(),
+        jl_token.as_str(),
+    ] {
         assert!(!logs.contains(value), "a secret value is in the logs");
         assert!(
             !events.contains(value),

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Query;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::common::{Vendor, enter, form, not_a_form, oauth_error};
@@ -24,7 +25,38 @@ pub const DECLARED_SCOPES: &[&str] = &["query_mapdata", "query_mapairdata", "tal
 pub const REDIRECT_URI: &str = "https://tokensync.example/callback";
 
 pub fn router() -> Router<Arc<State>> {
-    Router::new().route("/oauth/v2/token", post(token))
+    Router::new()
+        .route("/oauth/v2/token", post(token))
+        .route("/oauth/v2/authorize", get(authorize))
+}
+
+/// The browser step, with the person's login and consent taken as given: redirects to the
+/// registered redirect URI with a one-time code.
+async fn authorize(
+    AxState(state): AxState<Arc<State>>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let q = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    if q("response_type") != "code"
+        || q("client_id") != CLIENT_ID
+        || q("redirect_uri") != REDIRECT_URI
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "response_type=code, a known client_id and its registered redirect_uri are required",
+        );
+    }
+    let code = state.issue_code(V);
+    let mut location = format!("{REDIRECT_URI}?code={code}");
+    if !q("state").is_empty() {
+        location.push_str(&format!("&state={}", q("state")));
+    }
+    (
+        StatusCode::FOUND,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response()
 }
 
 async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {

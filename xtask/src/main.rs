@@ -15,6 +15,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 
 const CRD_FILE: &str = "tokensync.dev_providercredentials.yaml";
 const DEMO_NS: &str = "tokensync-demo";
+const CODE_PLACEHOLDER: &str = "paste-the-authorization-code-here";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -250,10 +251,7 @@ fn bench_sync() -> Result {
     )?;
     let applied = applied.elapsed();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = free_port()?;
     let log =
         std::fs::File::create(log_dir.join("bench-operator.log")).map_err(|e| e.to_string())?;
     // the operator starts cold with N credentials waiting, as after an upgrade or a failover
@@ -311,6 +309,33 @@ fn bench_sync() -> Result {
         "reproduce: BENCH_CREDENTIALS={n} cargo xtask bench   (release builds; control plane from cargo xtask cluster up)"
     );
     Ok(())
+}
+
+/// A one-time code from the fake Altitude Angel authorize endpoint (curl, not following the redirect).
+fn authorization_code(base: &str) -> Result<String> {
+    let url = format!(
+        "{base}/altitude-angel/oauth/v2/authorize?response_type=code&client_id=example-client-id\
+         &redirect_uri=https%3A%2F%2Ftokensync.example%2Fcallback&scope=query_mapdata"
+    );
+    let location = output(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{redirect_url}",
+        &url,
+    ]))?;
+    location
+        .split_once("code=")
+        .map(|(_, c)| c.split('&').next().unwrap_or(c).to_string())
+        .ok_or_else(|| format!("no code in the authorize redirect {location:?}"))
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 /// A `/proc/PID/status` field in KiB.
@@ -392,7 +417,11 @@ fn demo() -> Result {
         .collect();
     examples.sort();
     for example in &examples {
-        let text = std::fs::read_to_string(example).map_err(|e| e.to_string())?;
+        let mut text = std::fs::read_to_string(example).map_err(|e| e.to_string())?;
+        if text.contains(CODE_PLACEHOLDER) {
+            // the person in the browser: the fake's authorize endpoint redirects with a code
+            text = text.replace(CODE_PLACEHOLDER, &authorization_code(&base)?);
+        }
         let rewritten = output(
             Command::new(bin.join("fake-providers"))
                 .args(["rewrite", &base])
@@ -448,7 +477,7 @@ fn demo() -> Result {
 
     step("ProviderCredentials");
     run(&mut k(&["get", "pcred", "-n", DEMO_NS, "-o", "wide"]))?;
-    step("synced Secrets (token values shortened)");
+    step("synced Secrets (long values shortened)");
     let names = output(&mut k(&[
         "get",
         "pcred",
@@ -471,7 +500,8 @@ fn demo() -> Result {
         println!("Secret {DEMO_NS}/{name}");
         for entry in data.lines() {
             let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
-            let shown = if key.contains("token") && key != "token_type" && value.len() > 12 {
+            // any long value may hold the token (templated keys too): show only its start
+            let shown = if value.len() > 24 && key != "expires_at" {
                 format!("{}... ({} bytes)", &value[..12], value.len())
             } else {
                 value.to_string()
