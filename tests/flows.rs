@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
@@ -16,27 +15,6 @@ use tokensync::controller::Config;
 use tokensync::crd::ProviderCredential;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Every token the fake issued was written to the Secret: no request was wasted or duplicated.
-async fn assert_one_request_per_rotation(log: &TokenLog, fakes: &FakeProviders, vendor: Vendor) {
-    let issued: Vec<String> = fakes
-        .state
-        .issued(vendor)
-        .into_iter()
-        .map(|i| i.token)
-        .collect();
-    eventually(
-        "the Secret saw every issued token",
-        Duration::from_secs(10),
-        || async {
-            let seen: Vec<String> = log.values().into_iter().map(|s| s.value).collect();
-            (seen == issued).then_some(())
-        },
-    )
-    .await;
-    let distinct: BTreeSet<&String> = issued.iter().collect();
-    assert_eq!(distinct.len(), issued.len(), "a token was issued twice");
-}
 
 fn state_refresh_token(secret: &Secret) -> Option<String> {
     secret_text(secret, "refresh_token")
@@ -112,7 +90,8 @@ async fn dronetag_oidc_password_grant_refresh_and_new_session_before_the_refresh
         "a dead refresh token was used"
     );
     log.assert_renewed_before_expiry();
-    assert_one_request_per_rotation(&log, &fakes, Vendor::Dronetag).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::Dronetag)
+        .await;
     ns.delete().await;
 }
 
@@ -142,7 +121,8 @@ async fn dronetag_pat_is_minted_with_the_oidc_token_and_sent_as_a_header() {
     log.wait_for(3, WAIT).await;
     operator.stop().await;
     log.assert_renewed_before_expiry();
-    assert_one_request_per_rotation(&log, &fakes, Vendor::DronetagPat).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::DronetagPat)
+        .await;
     assert_eq!(
         fakes.state.count("dronetag-pat pats"),
         fakes.state.issued(Vendor::DronetagPat).len() as u64
@@ -201,7 +181,8 @@ async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_c
         log.values().last().unwrap().value
     );
     operator.stop().await;
-    assert_one_request_per_rotation(&log, &fakes, Vendor::AltitudeAngel).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::AltitudeAngel)
+        .await;
     ns.delete().await;
 }
 
@@ -268,7 +249,8 @@ async fn altitude_angel_user_token_from_a_one_time_code_lives_on_refresh() {
         2
     );
     operator.stop().await;
-    assert_one_request_per_rotation(&log, &fakes, Vendor::AltitudeAngel).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::AltitudeAngel)
+        .await;
     ns.delete().await;
 }
 
@@ -298,7 +280,8 @@ async fn airmap_logs_in_once_then_lives_on_delegation_with_expiry_from_the_jwt()
     );
     assert!(fakes.state.count("airmap delegation") >= 2);
     log.assert_renewed_before_expiry();
-    assert_one_request_per_rotation(&log, &fakes, Vendor::AirMap).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::AirMap)
+        .await;
     ns.delete().await;
 }
 
@@ -324,7 +307,8 @@ async fn pix4d_repeats_the_client_credentials_grant_with_token_format_jwt() {
         .unwrap();
     assert!(state_refresh_token(&state).is_none());
     log.assert_renewed_before_expiry();
-    assert_one_request_per_rotation(&log, &fakes, Vendor::Pix4d).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::Pix4d)
+        .await;
     ns.delete().await;
 }
 
@@ -375,7 +359,8 @@ async fn json_login_revokes_replaced_tokens_and_the_last_one_on_delete() {
         issued.iter().all(|i| i.revoked),
         "a token outlived its ProviderCredential"
     );
-    assert_one_request_per_rotation(&log, &fakes, Vendor::JsonLogin).await;
+    log.assert_every_issued_token_written(&fakes, Vendor::JsonLogin)
+        .await;
     let events = ns.events("json-login-platform").await;
     assert!(
         events

@@ -279,6 +279,7 @@ async fn metrics_are_served_with_plausible_values() {
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     ns.apply_example("json-login-platform.yaml", &fakes).await;
     let pc = ns.wait_ready(AA, "True", None).await;
+    ns.wait_ready("json-login-platform", "True", None).await;
     // one credential failing, for the error series
     let patch = serde_json::json!({"spec": {"inputs": {"secretName": "absent"}}});
     ns.api::<ProviderCredential>()
@@ -413,19 +414,20 @@ async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplica
     let client = client().await;
     let ns = TestNs::new(&client, "leader").await;
     let fakes = FakeProviders::start(0).await.unwrap();
+    // renewed 5 s before expiry: more than a killed leader's lease (3 s) takes to run out
     fakes
         .state
-        .set_lifetime(tokensync_fakes::Vendor::AltitudeAngel, 9);
+        .set_lifetime(tokensync_fakes::Vendor::AltitudeAngel, 15);
     let log = TokenLog::start(&ns, AA_SECRET, "token");
-    let first = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-a", 4);
+    let first = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-a", 3);
     eventually("replica-a leads", WAIT, || async {
         (sample(&first.metrics(), "tokensync_leader") == Some(1.0)).then_some(())
     })
     .await;
-    let second = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-b", 4);
+    let second = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-b", 3);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     ns.wait_ready(AA, "True", None).await;
-    log.wait_for(2, WAIT).await;
+    log.wait_for(1, WAIT).await;
     // exactly one reconciles; the standby is ready and says it does not lead
     assert_eq!(sample(&second.metrics(), "tokensync_leader"), Some(0.0));
     assert_eq!(
@@ -443,24 +445,11 @@ async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplica
         (sample(&second.metrics(), "tokensync_leader") == Some(1.0)).then_some(())
     })
     .await;
-    log.wait_for(seen_before + 2, WAIT).await;
+    log.wait_for(seen_before + 1, WAIT).await;
     assert!(sample(&second.metrics(), "tokensync_reconciles_total").unwrap() >= 1.0);
     second.stop().await;
-    let issued: Vec<String> = fakes
-        .state
-        .issued(tokensync_fakes::Vendor::AltitudeAngel)
-        .into_iter()
-        .map(|i| i.token)
-        .collect();
-    eventually(
-        "every issued token written once",
-        Duration::from_secs(10),
-        || async {
-            let seen: Vec<String> = log.values().into_iter().map(|s| s.value).collect();
-            (seen == issued).then_some(())
-        },
-    )
-    .await;
+    log.assert_every_issued_token_written(&fakes, tokensync_fakes::Vendor::AltitudeAngel)
+        .await;
     log.assert_renewed_before_expiry();
     ns.delete().await;
 }

@@ -325,6 +325,28 @@ impl TokenLog {
         .await
     }
 
+    /// Every token the fake issued for `vendor` was written to the Secret, once: no token request
+    /// was wasted or duplicated (one request per rotation).
+    pub async fn assert_every_issued_token_written(&self, fakes: &FakeProviders, vendor: Vendor) {
+        let issued: Vec<String> = fakes
+            .state
+            .issued(vendor)
+            .into_iter()
+            .map(|i| i.token)
+            .collect();
+        eventually(
+            "the Secret saw every issued token",
+            Duration::from_secs(10),
+            || async {
+                let seen: Vec<String> = self.values().into_iter().map(|s| s.value).collect();
+                (seen == issued).then_some(())
+            },
+        )
+        .await;
+        let distinct: std::collections::BTreeSet<&String> = issued.iter().collect();
+        assert_eq!(distinct.len(), issued.len(), "a token was issued twice");
+    }
+
     /// Each token was replaced before it expired.
     pub fn assert_renewed_before_expiry(&self) {
         let seen = self.values();

@@ -197,29 +197,14 @@ fn bench_sync() -> Result {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     step(&format!("end-to-end sync of {n} ProviderCredentials"));
-    run(cluster_sh().arg("up"))?;
-    let kubeconfig = kubeconfig()?;
-    let kubectl = tool("kubectl")?;
-    let k = |args: &[&str]| {
-        let mut c = Command::new(&kubectl);
-        c.env("KUBECONFIG", &kubeconfig).args(args);
-        c
-    };
+    let cluster = Cluster::up()?;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let k = |args: &[&str]| cluster.kubectl(args);
     run(cargo().args(["build", "--quiet", "--release", "--workspace", "--bins"]))?;
     let bin = root().join("target/release");
     let log_dir = root().join(".tokensync");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
-    let mut fakes = Command::new(bin.join("fake-providers"))
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(fakes.stdout.take().unwrap())
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let _fakes = Background(fakes);
-    let base = line.trim().to_string();
+    let (_fakes, base) = start_fakes(&bin)?;
     run(&mut k(&[
         "apply",
         "--server-side",
@@ -348,6 +333,42 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The local control plane, started if need be, and kubectl pointed at it.
+struct Cluster {
+    kubeconfig: String,
+    kubectl: String,
+}
+
+impl Cluster {
+    fn up() -> Result<Self> {
+        run(cluster_sh().arg("up"))?;
+        Ok(Self {
+            kubeconfig: kubeconfig()?,
+            kubectl: tool("kubectl")?,
+        })
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.env("KUBECONFIG", &self.kubeconfig).args(args);
+        c
+    }
+}
+
+/// The fake vendor APIs in the background, and their base URL.
+fn start_fakes(bin: &Path) -> Result<(Background, String)> {
+    let mut fakes = Command::new(bin.join("fake-providers"))
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start fake-providers: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(fakes.stdout.take().unwrap())
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok((Background(fakes), line.trim().to_string()))
+}
+
 /// A background process stopped on drop.
 struct Background(Child);
 
@@ -360,14 +381,9 @@ impl Drop for Background {
 
 fn demo() -> Result {
     step("local control plane");
-    run(cluster_sh().arg("up"))?;
-    let kubeconfig = kubeconfig()?;
-    let kubectl = tool("kubectl")?;
-    let k = |args: &[&str]| {
-        let mut c = Command::new(&kubectl);
-        c.env("KUBECONFIG", &kubeconfig).args(args);
-        c
-    };
+    let cluster = Cluster::up()?;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let k = |args: &[&str]| cluster.kubectl(args);
     step("building tokensync and the fake providers");
     run(cargo().args(["build", "--quiet", "--workspace", "--bins"]))?;
     let bin = root().join("target/debug");
@@ -375,17 +391,7 @@ fn demo() -> Result {
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
 
     step("fake vendor token APIs");
-    let mut fakes = Command::new(bin.join("fake-providers"))
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start fake-providers: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(fakes.stdout.take().unwrap())
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let _fakes = Background(fakes);
-    let base = line.trim().to_string();
+    let (_fakes, base) = start_fakes(&bin)?;
     eprintln!("serving at {base}");
 
     step("CRD and examples");
