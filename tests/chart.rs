@@ -246,3 +246,37 @@ async fn with_one_verb_removed_the_controller_reports_forbidden() {
         .delete(&ns.name, &DeleteParams::default())
         .await;
 }
+
+#[test]
+fn a_bad_value_fails_with_a_message_naming_it() {
+    for (set, needle) in [
+        ("replicaCount=abc", "/replicaCount"),
+        ("logFormat=yaml", "/logFormat"),
+        ("allowedHosts={http://internal}", "/allowedHosts/0"),
+        ("unknownValue=1", "unknownValue"),
+    ] {
+        let out = std::process::Command::new(tool("helm"))
+            .args(["template", "t"])
+            .arg(root().join("charts/tokensync"))
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{set}: {err}");
+    }
+    // two replicas without leader election would fetch every token twice
+    let out = std::process::Command::new(tool("helm"))
+        .args(["template", "t"])
+        .arg(root().join("charts/tokensync"))
+        .args([
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=false",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs leaderElection.enabled"));
+}

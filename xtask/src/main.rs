@@ -136,6 +136,22 @@ fn check_crds_fresh() -> Result {
         }
     }
     eprintln!("crds/ and the chart's copy match src/crd.rs");
+    // the chart's appVersion is the crate's version
+    let field = |path: &str, key: &str| -> Result<String> {
+        let text =
+            std::fs::read_to_string(root().join(path)).map_err(|e| format!("{path}: {e}"))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .ok_or_else(|| format!("{path} has no {key}"))
+    };
+    let crate_version = field("Cargo.toml", "version = ")?;
+    let app_version = field("charts/tokensync/Chart.yaml", "appVersion: ")?;
+    if crate_version != app_version {
+        return Err(format!(
+            "charts/tokensync/Chart.yaml appVersion {app_version} differs from the crate version {crate_version}"
+        ));
+    }
     Ok(())
 }
 
