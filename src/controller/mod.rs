@@ -1,7 +1,9 @@
 //! The ProviderCredential controller: wiring of watches, the reconcile steps and error policy.
 
+mod dependencies;
 mod output;
 mod reconcile;
+mod revoke;
 mod state;
 mod status;
 

@@ -16,7 +16,7 @@ use tracing::{Instrument, info, warn};
 use super::state::{self, Pending, State};
 use super::{Context, Error, output, status};
 use crate::crd::{GrantType, InputRole, ProviderCredential, ProviderCredentialSpec};
-use crate::providers::{self, Grant, Request, Upstream, http as http_provider};
+use crate::providers::{self, Grant, Request, Upstream};
 use crate::renewal::{self, Decision, Failure, GrantChoice, Observed, Policy, Reason};
 use crate::token::{Inputs, SecretValue, Token};
 
@@ -87,21 +87,21 @@ fn forbidden(error: &Error) -> Option<String> {
     }
 }
 
-struct Reconcile<'a> {
-    pc: &'a ProviderCredential,
-    ctx: &'a Context,
-    secrets: Api<Secret>,
-    now: Timestamp,
+pub(super) struct Reconcile<'a> {
+    pub(super) pc: &'a ProviderCredential,
+    pub(super) ctx: &'a Context,
+    pub(super) secrets: Api<Secret>,
+    pub(super) now: Timestamp,
 }
 
 /// A failure the user must see as `Ready=False`.
-struct Failed {
+pub(super) struct Failed {
     reason: &'static str,
     message: String,
 }
 
 impl Failed {
-    fn new(reason: &'static str, message: String) -> Self {
+    pub(super) fn new(reason: &'static str, message: String) -> Self {
         Self { reason, message }
     }
 }
@@ -116,7 +116,7 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    fn spec(&self) -> &ProviderCredentialSpec {
+    pub(super) fn spec(&self) -> &ProviderCredentialSpec {
         &self.pc.spec
     }
 
@@ -409,47 +409,6 @@ impl<'a> Reconcile<'a> {
         result
     }
 
-    /// The HTTP client for this credential: the shared one, or one that also trusts the CA
-    /// bundle named in `spec.tls`.
-    async fn http_client(&self) -> Result<Result<reqwest::Client, Failed>, Error> {
-        let Some(tls) = &self.spec().tls else {
-            return Ok(Ok(self.ctx.http.clone()));
-        };
-        let ns = self.pc.namespace().unwrap_or_default();
-        let (kind, pem) = match (&tls.ca_bundle_secret, &tls.ca_bundle_config_map) {
-            (Some(r), _) => {
-                let secret = self.secrets.get_opt(&r.name).await?;
-                let pem = secret.and_then(|s| s.data?.remove(&r.key)).map(|b| b.0);
-                (("Secret", &r.name, &r.key), pem)
-            }
-            (None, Some(r)) => {
-                let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                    Api::namespaced(self.ctx.client.clone(), &ns);
-                let cm = api.get_opt(&r.name).await?;
-                let pem = cm
-                    .and_then(|c| c.data?.remove(&r.key))
-                    .map(String::into_bytes);
-                (("ConfigMap", &r.name, &r.key), pem)
-            }
-            (None, None) => return Ok(Ok(self.ctx.http.clone())),
-        };
-        let (what, name, key) = kind;
-        let Some(pem) = pem else {
-            return Ok(Err(Failed::new(
-                status::REASON_CA_BUNDLE_NOT_FOUND,
-                format!(
-                    "{what} {name:?} with key {key:?} (spec.tls) not found in namespace {ns:?}"
-                ),
-            )));
-        };
-        Ok(self.ctx.http_with_ca(&pem).map_err(|e| {
-            Failed::new(
-                status::REASON_INVALID_SPEC,
-                format!("spec.tls: {what} {name:?} key {key:?}: {e}"),
-            )
-        }))
-    }
-
     /// Fold a new token into the state: rotate the refresh token, remember used one-time
     /// inputs, queue the replaced token for revocation.
     fn record(&self, state: &mut State, token: &Token, grant: &Grant, inputs: &Inputs) {
@@ -494,7 +453,7 @@ impl<'a> Reconcile<'a> {
         }
     }
 
-    async fn apply_state(&self, state: &State) -> Result<(), Error> {
+    pub(super) async fn apply_state(&self, state: &State) -> Result<(), Error> {
         let secret = state.build(self.pc);
         self.secrets
             .patch(
@@ -504,141 +463,6 @@ impl<'a> Reconcile<'a> {
             )
             .await?;
         Ok(())
-    }
-
-    /// The upstream credential's current token, when the spec names one.
-    async fn upstream(&self) -> Result<Result<Option<Upstream>, Failed>, Error> {
-        let Some(up) = self.spec().http.as_ref().and_then(|h| h.upstream.as_ref()) else {
-            return Ok(Ok(None));
-        };
-        let name = &up.provider_credential;
-        let state = self
-            .secrets
-            .get_opt(&state::name(name))
-            .await?
-            .map(|s| State::read(&s));
-        let live = state.and_then(|s| {
-            let alive = s.expires_at.is_none_or(|e| e > self.now);
-            Some(Upstream {
-                value: s.token.filter(|_| alive)?,
-                token_type: s.token_type.unwrap_or_else(|| "Bearer".into()),
-            })
-        });
-        Ok(live.map(Some).ok_or_else(|| {
-            Failed::new(
-                status::REASON_UPSTREAM_NOT_READY,
-                format!(
-                    "ProviderCredential {name:?} named in spec.http.upstream has no valid token yet"
-                ),
-            )
-        }))
-    }
-
-    /// Run the revocations that are due; `true` when the state changed. A failed revocation is
-    /// retried with backoff and given up after `max_revoke_attempts`, with a Warning event.
-    async fn revoke_due(&self, state: &mut State, inputs: &Inputs) -> bool {
-        let Some(http) = self.spec().http.as_ref().filter(|h| h.revoke.is_some()) else {
-            return false;
-        };
-        let due: Vec<Pending> = state
-            .pending
-            .iter()
-            .filter(|p| p.next_at <= self.now)
-            .cloned()
-            .collect();
-        if due.is_empty() {
-            return false;
-        }
-        let upstream = self.upstream().await.ok().and_then(|r| r.ok()).flatten();
-        let request = Request {
-            spec: self.spec(),
-            inputs,
-            grant: Grant::Primary,
-            now: self.now,
-            egress: &self.ctx.egress,
-            upstream,
-        };
-        for p in due {
-            let vars = http_provider::Vars {
-                token: Some(&p.token),
-                kept: Some(&p.kept),
-                current: state.token.as_ref(),
-                refresh_token: None,
-            };
-            let fp = p.token.fingerprint();
-            let outcome = http_provider::revoke(&self.ctx.http, http, &request, &vars).await;
-            state.pending.retain(|q| q.token != p.token);
-            match outcome {
-                Ok(_) => {
-                    info!(fingerprint = %fp, "token revoked");
-                    self.event(
-                        EventType::Normal,
-                        status::REASON_REVOKED,
-                        format!("revoked token {fp}"),
-                    )
-                    .await;
-                }
-                Err(e) if p.attempts + 1 >= self.ctx.config.max_revoke_attempts => {
-                    let message = format!(
-                        "gave up revoking token {fp} after {} attempts: {}",
-                        p.attempts + 1,
-                        inputs.redact(&e.to_string())
-                    );
-                    warn!(%message);
-                    self.event(EventType::Warning, status::REASON_REVOKE_FAILED, message)
-                        .await;
-                }
-                Err(e) => {
-                    let attempts = p.attempts + 1;
-                    warn!(fingerprint = %fp, attempts, error = %inputs.redact(&e.to_string()), "revocation failed; will retry");
-                    state.pending.push(Pending {
-                        attempts,
-                        next_at: self.now + renewal::backoff(attempts),
-                        ..p
-                    });
-                }
-            }
-        }
-        true
-    }
-
-    /// Deletion: revoke the current token and any still pending, then let the object go.
-    async fn cleanup(&self) -> Result<Action, Error> {
-        let Some(secret) = self
-            .secrets
-            .get_opt(&state::name(&self.pc.name_any()))
-            .await?
-        else {
-            return Ok(Action::await_change());
-        };
-        let mut state = State::read(&secret);
-        if let Some(token) = state.token.take() {
-            state.pending.push(Pending {
-                token,
-                kept: std::mem::take(&mut state.kept),
-                attempts: 0,
-                next_at: self.now,
-            });
-        }
-        // on deletion every pending revocation is due now
-        for p in &mut state.pending {
-            p.next_at = p.next_at.min(self.now);
-        }
-        let inputs = match self
-            .secrets
-            .get_opt(&self.spec().inputs.secret_name)
-            .await?
-        {
-            Some(s) => Inputs::from_secret(&s),
-            None => Inputs::default(),
-        };
-        self.revoke_due(&mut state, &inputs).await;
-        if state.pending.is_empty() {
-            return Ok(Action::await_change());
-        }
-        let attempts = state.pending.iter().map(|p| p.attempts).max().unwrap_or(1);
-        self.apply_state(&state).await?;
-        Err(Error::RevocationPending { attempts })
     }
 
     /// Record a failure: `Ready=False` with the reason, an event, and a retry after the backoff.
@@ -691,7 +515,7 @@ impl<'a> Reconcile<'a> {
         Ok(())
     }
 
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
+    pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
             reason: reason.into(),
