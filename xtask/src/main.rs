@@ -221,12 +221,7 @@ fn bench_sync() -> Result {
     let log_dir = root().join(".tokensync");
     std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
     let (_fakes, base) = start_fakes(&bin)?;
-    run(&mut k(&[
-        "apply",
-        "--server-side",
-        "-f",
-        &format!("crds/{CRD_FILE}"),
-    ]))?;
+    cluster.install_crd()?;
     let _ = k(&[
         "delete",
         "namespace",
@@ -364,6 +359,18 @@ impl Cluster {
         })
     }
 
+    /// Apply the generated CRD and wait until it is established.
+    fn install_crd(&self) -> Result {
+        let crd = format!("crds/{CRD_FILE}");
+        run(&mut self.kubectl(&["apply", "--server-side", "-f", &crd]))?;
+        run(&mut self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/providercredentials.tokensync.dev",
+            "--timeout=60s",
+        ]))
+    }
+
     fn kubectl(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.kubectl);
         c.env("KUBECONFIG", &self.kubeconfig).args(args);
@@ -411,18 +418,7 @@ fn demo() -> Result {
     eprintln!("serving at {base}");
 
     step("CRD and examples");
-    run(&mut k(&[
-        "apply",
-        "--server-side",
-        "-f",
-        &format!("crds/{CRD_FILE}"),
-    ]))?;
-    run(&mut k(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/providercredentials.tokensync.dev",
-        "--timeout=60s",
-    ]))?;
+    cluster.install_crd()?;
     let ns_yaml = output(&mut k(&[
         "create",
         "namespace",
