@@ -280,3 +280,51 @@ fn a_bad_value_fails_with_a_message_naming_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs leaderElection.enabled"));
 }
+
+/// The Deployment's args are ones the binary accepts: run it with them (and no cluster to reach),
+/// and it must get past flag parsing to building its Kubernetes client.
+#[test]
+fn the_rendered_args_are_accepted_by_the_binary() {
+    let docs = render(
+        "args",
+        "ops",
+        &[
+            "watchNamespaces={team-a,team-b}",
+            "allowedHosts={auth.dronetag.app,*.airmap.io}",
+            "allowInsecureHttp=true",
+            "replicaCount=2",
+        ],
+    );
+    let deployment = find(&docs, "Deployment")[0];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    for expected in [
+        "--namespace=team-a,team-b",
+        "--allowed-hosts=auth.dronetag.app,*.airmap.io",
+        "--allow-insecure-http",
+        "--leader-elect",
+    ] {
+        assert!(
+            args.iter().any(|a| a == expected),
+            "{expected} not in {args:?}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+        .args(&args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot build a Kubernetes client"),
+        "{stderr}"
+    );
+}
