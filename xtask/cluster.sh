@@ -120,7 +120,13 @@ tools() {
 # ---------------------------------------------------------------------------------------------- run
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+# the process in $1.pid is alive and is still that program (a stale pid may have been reused)
+alive() {
+  [ -f "$STATE/$1.pid" ] || return 1
+  local pid
+  pid=$(cat "$STATE/$1.pid")
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$1"
+}
 
 ready() {
   [ -f "$STATE/kubeconfig" ] && [ -f "$STATE/port" ] || return 1
