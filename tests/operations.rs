@@ -453,3 +453,44 @@ async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplica
     log.assert_renewed_before_expiry();
     ns.delete().await;
 }
+
+#[tokio::test]
+async fn a_slow_provider_times_out_and_the_token_in_place_stays() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "timeout").await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let config = Config {
+        namespaces: vec![ns.name.clone()],
+        allow_insecure_http: true,
+        request_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let operator = Operator::start_with(&client, config);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_ready(AA, "True", None).await;
+    let secrets: Api<Secret> = ns.api();
+    let token = secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token").unwrap();
+
+    fakes.state.set_fault(
+        tokensync_fakes::Vendor::AltitudeAngel,
+        tokensync_fakes::Fault::Delay(Duration::from_secs(5)),
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+        .args(["refresh", AA, "-n", &ns.name])
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let pc = ns
+        .wait_ready(AA, "False", Some("ProviderUnreachable"))
+        .await;
+    let message = ready(&pc).unwrap().message.to_lowercase();
+    assert!(message.contains("timed out"), "{message}");
+    assert_eq!(
+        secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token").unwrap(),
+        token
+    );
+    operator.stop().await;
+    ns.delete().await;
+}
