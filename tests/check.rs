@@ -198,6 +198,15 @@ async fn check_fails_clearly() {
         run.stderr
     );
 
+    // a response over the 1 MiB cap is refused, not read into memory whole
+    fakes.state.set_fault(Vendor::Pix4d, Fault::Oversized);
+    let run = check(&dir, "pix4d-client-credentials.yaml", &[]).await;
+    assert!(
+        !run.ok && run.stderr.contains("larger than 1048576 bytes"),
+        "{}",
+        run.stderr
+    );
+
     // plain http without the flag
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
         .args(["check", "-f"])

@@ -64,6 +64,8 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 200 with a body that is not JSON.
     Malformed,
+    /// Answer 200 with a JSON body of 2 MiB.
+    Oversized,
 }
 
 /// Count the request and apply the vendor's fault, if any; `Some` is the response to give instead.
@@ -77,6 +79,10 @@ pub async fn enter(state: &State, vendor: Vendor, route: String) -> Option<Respo
         Fault::Delay(d) => {
             crate::delay(d).await;
             None
+        }
+        Fault::Oversized => {
+            let padding = "x".repeat(2 << 20);
+            Some(axum::Json(json!({"access_token": "t", "padding": padding})).into_response())
         }
         Fault::Malformed => Some(
             (
