@@ -18,9 +18,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
-pub use output::{ANNOTATION_PREFIX, MANAGED_BY_LABEL, MANAGER};
+pub use output::{MANAGED_BY_LABEL, MANAGER};
 pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
-pub use state::name as state_secret_name;
 pub use status::{REASON_ISSUED, REASON_RENEWED};
 
 use crate::crd::ProviderCredential;

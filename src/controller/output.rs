@@ -16,7 +16,6 @@ use crate::token::{SecretValue, Token};
 /// The field manager of every write.
 pub const MANAGER: &str = "tokensync";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const ANNOTATION_PREFIX: &str = "tokensync.dev/";
 const ISSUED_AT: &str = "tokensync.dev/issued-at";
 const EXPIRES_AT: &str = "tokensync.dev/expires-at";
 const RENEW_AT: &str = "tokensync.dev/renew-at";
