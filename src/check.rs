@@ -94,12 +94,9 @@ pub async fn upstream(
     })
 }
 
+/// The controller's HTTP client with its default 30 s timeout.
 fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())
+    providers::http_client(std::time::Duration::from_secs(30), &[]).map_err(|e| e.to_string())
 }
 
 /// Run one fetch (and with `refresh`, one refresh) as the controller would. Error messages are

@@ -25,7 +25,7 @@ pub use status::{REASON_ISSUED, REASON_RENEWED};
 use crate::crd::ProviderCredential;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::providers::Egress;
+use crate::providers::{self, Egress};
 
 /// What the operator's flags set.
 #[derive(Clone, Debug)]
@@ -84,7 +84,7 @@ impl Context {
             },
         );
         Ok(Self {
-            http: http_client(&config, &[])?,
+            http: providers::http_client(config.request_timeout, &[])?,
             client,
             recorder,
             egress: Egress {
@@ -104,25 +104,8 @@ impl Context {
         if certs.is_empty() {
             return Err("the CA bundle holds no PEM certificate".into());
         }
-        http_client(&self.config, &certs).map_err(|e| e.to_string())
+        providers::http_client(self.config.request_timeout, &certs).map_err(|e| e.to_string())
     }
-}
-
-/// Redirects are not followed: a token endpoint that redirects is misconfigured, and following
-/// would carry credentials to another host.
-fn http_client(
-    config: &Config,
-    roots: &[reqwest::Certificate],
-) -> Result<reqwest::Client, reqwest::Error> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(config.request_timeout)
-        .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")));
-    for cert in roots {
-        builder = builder.add_root_certificate(cert.clone());
-    }
-    builder.build()
 }
 
 /// Errors that reach the error policy: only talking to the apiserver fails this way; provider

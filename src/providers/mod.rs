@@ -109,6 +109,25 @@ pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, P
     }
 }
 
+/// The HTTP client every token request uses, in the controller and in `tokensync check`:
+/// per-request and connect timeouts, a user agent, the system roots plus `extra_roots`, and no
+/// redirects (a token endpoint that redirects is misconfigured, and following would carry
+/// credentials to another host).
+pub fn http_client(
+    timeout: std::time::Duration,
+    extra_roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")));
+    for cert in extra_roots {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    builder.build()
+}
+
 /// Read a response body, refusing one larger than [`http::MAX_RESPONSE_BYTES`].
 pub(crate) async fn read_capped(
     mut response: reqwest::Response,
