@@ -241,10 +241,7 @@ fn bench_sync() -> Result {
         ));
     }
     let applied = Instant::now();
-    apply_stdin(
-        k(&["apply", "-n", BENCH_NS, "-f", "-"]).stdout(Stdio::null()),
-        &manifest,
-    )?;
+    pipe(&mut k(&["apply", "-n", BENCH_NS, "-f", "-"]), &manifest)?;
     let applied = applied.elapsed();
 
     let port = free_port()?;
@@ -427,7 +424,7 @@ fn demo() -> Result {
         "-o",
         "yaml",
     ]))?;
-    apply_stdin(&mut k(&["apply", "-f", "-"]), &ns_yaml)?;
+    print!("{}", pipe(&mut k(&["apply", "-f", "-"]), &ns_yaml)?);
     let mut examples: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -440,13 +437,15 @@ fn demo() -> Result {
             // the person in the browser: the fake's authorize endpoint redirects with a code
             text = text.replace(CODE_PLACEHOLDER, &authorization_code(&base)?);
         }
-        let rewritten = output(
-            Command::new(bin.join("fake-providers"))
-                .args(["rewrite", &base])
-                .stdin(Stdio::from(tempfile_with(&log_dir, &text)?)),
+        let rewritten = pipe(
+            Command::new(bin.join("fake-providers")).args(["rewrite", &base]),
+            &text,
         )?;
         eprintln!("applying {} (vendor URLs -> {base})", example.display());
-        apply_stdin(&mut k(&["apply", "-n", DEMO_NS, "-f", "-"]), &rewritten)?;
+        print!(
+            "{}",
+            pipe(&mut k(&["apply", "-n", DEMO_NS, "-f", "-"]), &rewritten)?
+        );
     }
 
     step("tokensync operator");
@@ -535,29 +534,24 @@ fn demo() -> Result {
     Ok(())
 }
 
-fn tempfile_with(dir: &Path, text: &str) -> Result<std::fs::File> {
-    let path = dir.join("manifest.tmp.yaml");
-    std::fs::write(&path, text).map_err(|e| e.to_string())?;
-    std::fs::File::open(&path).map_err(|e| e.to_string())
-}
-
-fn apply_stdin(cmd: &mut Command, text: &str) -> Result {
+/// Run `cmd` with `input` on its stdin; its stdout. stdin is written from a thread, so a
+/// command that writes before it has read everything cannot block on a full pipe.
+fn pipe(cmd: &mut Command, input: &str) -> Result<String> {
     use std::io::Write;
     let mut child = cmd
         .current_dir(root())
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let status = child.wait().map_err(|e| e.to_string())?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed"))
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let out = std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(input.as_bytes()));
+        child.wait_with_output()
+    })
+    .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed ({})", out.status));
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
