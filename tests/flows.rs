@@ -31,9 +31,7 @@ fn jwt_claims(jwt: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn dronetag_oidc_password_grant_refresh_and_new_session_before_the_refresh_deadline() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "dronetag").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("dronetag").await;
     fakes.state.set_lifetime(Vendor::Dronetag, 6);
     fakes.state.set_refresh_lifetime(Vendor::Dronetag, 16);
     let log = TokenLog::start(&ns, "dronetag-token", "token");
@@ -97,9 +95,7 @@ async fn dronetag_oidc_password_grant_refresh_and_new_session_before_the_refresh
 
 #[tokio::test]
 async fn dronetag_pat_is_minted_with_the_oidc_token_and_sent_as_a_header() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "pat").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("pat").await;
     fakes.state.set_lifetime(Vendor::Dronetag, 60);
     fakes.state.set_lifetime(Vendor::DronetagPat, 6);
     let log = TokenLog::start(&ns, "dronetag-pat-token", "token");
@@ -132,9 +128,7 @@ async fn dronetag_pat_is_minted_with_the_oidc_token_and_sent_as_a_header() {
 
 #[tokio::test]
 async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_condition() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "aacc").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("aacc").await;
     fakes.state.set_lifetime(Vendor::AltitudeAngel, 6);
     let log = TokenLog::start(&ns, "altitude-angel-token", "token");
     let operator = Operator::start(&client, &ns.name);
@@ -188,9 +182,7 @@ async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_c
 
 #[tokio::test]
 async fn altitude_angel_user_token_from_a_one_time_code_lives_on_refresh() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "aauser").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("aauser").await;
     fakes.state.set_lifetime(Vendor::AltitudeAngel, 6);
     let code = fakes.state.issue_code(Vendor::AltitudeAngel);
     let log = TokenLog::start(&ns, "altitude-angel-user-token", "token");
@@ -256,9 +248,7 @@ async fn altitude_angel_user_token_from_a_one_time_code_lives_on_refresh() {
 
 #[tokio::test]
 async fn airmap_logs_in_once_then_lives_on_delegation_with_expiry_from_the_jwt() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "airmap").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("airmap").await;
     fakes.state.set_lifetime(Vendor::AirMap, 6);
     let log = TokenLog::start(&ns, "airmap-token", "token");
     let operator = Operator::start(&client, &ns.name);
@@ -287,9 +277,7 @@ async fn airmap_logs_in_once_then_lives_on_delegation_with_expiry_from_the_jwt()
 
 #[tokio::test]
 async fn pix4d_repeats_the_client_credentials_grant_with_token_format_jwt() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "pix4d").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("pix4d").await;
     fakes.state.set_lifetime(Vendor::Pix4d, 6);
     let log = TokenLog::start(&ns, "pix4d-token", "token");
     let operator = Operator::start(&client, &ns.name);
@@ -314,9 +302,7 @@ async fn pix4d_repeats_the_client_credentials_grant_with_token_format_jwt() {
 
 #[tokio::test]
 async fn json_login_revokes_replaced_tokens_and_the_last_one_on_delete() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "jsonlogin").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("jsonlogin").await;
     fakes.state.set_lifetime(Vendor::JsonLogin, 6);
     let log = TokenLog::start(&ns, "json-login-token", "token");
     let operator = Operator::start(&client, &ns.name);
@@ -372,9 +358,7 @@ async fn json_login_revokes_replaced_tokens_and_the_last_one_on_delete() {
 
 #[tokio::test]
 async fn a_failing_revocation_never_blocks_deletion_forever() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "revokefail").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("revokefail").await;
     let config = Config {
         namespaces: vec![ns.name.clone()],
         allow_insecure_http: true,

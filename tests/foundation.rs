@@ -21,9 +21,7 @@ const AA_ROUTE: &str = "altitude-angel token client_credentials";
 
 #[tokio::test]
 async fn token_is_written_with_default_keys_and_owner_and_renewed_before_expiry() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "cc").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("cc").await;
     fakes.state.set_lifetime(Vendor::AltitudeAngel, 6);
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
@@ -108,9 +106,7 @@ async fn token_is_written_with_default_keys_and_owner_and_renewed_before_expiry(
 
 #[tokio::test]
 async fn a_reconcile_that_changes_nothing_writes_nothing() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "noop").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("noop").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     let pc = ns.wait_ready(AA, "True", None).await;
@@ -150,9 +146,7 @@ async fn a_reconcile_that_changes_nothing_writes_nothing() {
 
 #[tokio::test]
 async fn missing_inputs_secret_is_a_condition_and_recovers_when_it_appears() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "inputs").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("inputs").await;
     let operator = Operator::start(&client, &ns.name);
     let text = std::fs::read_to_string(root().join("examples").join(AA_EXAMPLE)).unwrap();
     let text = tokensync_fakes::rewrite_urls(&text, &fakes.base_url());
@@ -195,9 +189,7 @@ async fn missing_inputs_secret_is_a_condition_and_recovers_when_it_appears() {
 
 #[tokio::test]
 async fn a_failing_refresh_keeps_the_valid_token_and_says_why() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "fail").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("fail").await;
     fakes.state.set_lifetime(Vendor::AltitudeAngel, 30);
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
@@ -265,9 +257,7 @@ async fn a_failing_refresh_keeps_the_valid_token_and_says_why() {
 
 #[tokio::test]
 async fn deleting_the_credential_garbage_collects_the_secret() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "gc").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("gc").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example("pix4d-client-credentials.yaml", &fakes)
         .await;
@@ -307,9 +297,7 @@ async fn deleting_the_credential_garbage_collects_the_secret() {
 
 #[tokio::test]
 async fn printer_columns_show_in_kubectl() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "columns").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("columns").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     let pc = ns.wait_ready(AA, "True", None).await;
@@ -469,9 +457,7 @@ async fn invalid_manifests_are_refused_at_admission_naming_the_field() {
 /// everything the operators of this binary logged, and the events and status it wrote.
 #[tokio::test]
 async fn secret_values_never_reach_logs_events_or_status() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "leak").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("leak").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     ns.wait_ready(AA, "True", None).await;

@@ -26,9 +26,7 @@ fn example(name: &str, base: &str) -> String {
 
 #[tokio::test]
 async fn a_foreign_secret_is_never_overwritten() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "foreign").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("foreign").await;
     let secrets: Api<Secret> = ns.api();
     let foreign: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": AA_SECRET}, "stringData": {"token": "somebody else's"}
@@ -61,9 +59,7 @@ async fn a_foreign_secret_is_never_overwritten() {
 
 #[tokio::test]
 async fn changed_inputs_give_a_new_token_and_a_deleted_secret_is_rewritten() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "watches").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("watches").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     ns.wait_ready(AA, "True", None).await;
@@ -107,9 +103,7 @@ async fn changed_inputs_give_a_new_token_and_a_deleted_secret_is_rewritten() {
 
 #[tokio::test]
 async fn plain_http_is_refused_without_the_flag_and_hosts_outside_the_allowlist_always() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "egress").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("egress").await;
     let strict = Config {
         namespaces: vec![ns.name.clone()],
         ..Config::default()
@@ -220,9 +214,7 @@ async fn a_token_endpoint_behind_a_private_ca_works_with_the_bundle_and_fails_wi
 
 #[tokio::test]
 async fn tokensync_refresh_renews_on_demand() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "force").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("force").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     ns.wait_ready(AA, "True", None).await;
@@ -264,9 +256,7 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_are_served_with_plausible_values() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "metrics").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("metrics").await;
     let operator = Operator::start(&client, &ns.name);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -411,9 +401,7 @@ async fn metrics_are_served_with_plausible_values() {
 
 #[tokio::test]
 async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplicate_fetches() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "leader").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("leader").await;
     // renewed 5 s before expiry: more than a killed leader's lease (3 s) takes to run out
     fakes
         .state
@@ -456,9 +444,7 @@ async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplica
 
 #[tokio::test]
 async fn a_slow_provider_times_out_and_the_token_in_place_stays() {
-    let client = client().await;
-    let ns = TestNs::new(&client, "timeout").await;
-    let fakes = FakeProviders::start(0).await.unwrap();
+    let (client, ns, fakes) = setup("timeout").await;
     let config = Config {
         namespaces: vec![ns.name.clone()],
         allow_insecure_http: true,

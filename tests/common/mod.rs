@@ -125,6 +125,14 @@ async fn install_crd(client: &Client) {
     .await;
 }
 
+/// The usual start of a test: a client, a namespace of its own, and the fake vendor APIs.
+pub async fn setup(prefix: &str) -> (Client, TestNs, FakeProviders) {
+    let client = client().await;
+    let ns = TestNs::new(&client, prefix).await;
+    let fakes = FakeProviders::start(0).await.unwrap();
+    (client, ns, fakes)
+}
+
 /// Poll `f` every 200 ms until it gives `Some`; panic naming `what` after `timeout`. The
 /// timeout bounds a wait for a state; it is not a measure of speed.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
