@@ -59,7 +59,7 @@ fn main() {
     bench("providers::jwt_exp", budget, || {
         black_box(tokensync::providers::jwt_exp(black_box(jwt)));
     });
-    let spec: HttpSpec = serde_yaml::from_str(
+    let spec: HttpSpec = serde_saphyr::from_str(
         r#"
 login:
   url: "https://platform.example.ru/api/v1/auth/token"
@@ -78,9 +78,9 @@ requestedLifetime: 12h
         "requested": {"human": "12 hours"},
     });
     let egress = tokensync::providers::Egress::default();
-    bench("http::render_request (JSON login)", budget, || {
+    bench("declarative::render_request (JSON login)", budget, || {
         black_box(
-            tokensync::providers::http::render_request(
+            tokensync::providers::declarative::render_request(
                 "spec.http.login",
                 &spec.login,
                 black_box(&ctx),

@@ -1,7 +1,7 @@
 //! `tokensync check`: one fetch with the controller's code, without a cluster.
 
 use k8s_openapi::api::core::v1::Secret;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::crd::ProviderCredential;
 use crate::providers::{self, Grant, Request, Upstream};
@@ -38,18 +38,19 @@ pub struct Options {
 pub fn parse_manifests(text: &str) -> Result<(Option<ProviderCredential>, Option<Secret>), String> {
     let mut pc = None;
     let mut secret = None;
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| e.to_string())?;
+    let docs: Vec<Option<serde_json::Value>> =
+        serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    for value in docs.into_iter().flatten() {
         match value.get("kind").and_then(|k| k.as_str()) {
             Some("ProviderCredential") => {
                 pc = Some(
-                    serde_yaml::from_value(value)
+                    serde_json::from_value(value)
                         .map_err(|e| format!("not a ProviderCredential: {e}"))?,
                 )
             }
             Some("Secret") => {
                 secret =
-                    Some(serde_yaml::from_value(value).map_err(|e| format!("not a Secret: {e}"))?)
+                    Some(serde_json::from_value(value).map_err(|e| format!("not a Secret: {e}"))?)
             }
             _ => {}
         }

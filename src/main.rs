@@ -157,7 +157,7 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tokio::spawn(tokensync::http::serve(
+    tokio::spawn(tokensync::admin::serve(
         listener,
         ctx.health.clone(),
         ctx.metrics.clone(),

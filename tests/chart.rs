@@ -29,21 +29,18 @@ fn render(release: &str, namespace: &str, set: &[&str]) -> Vec<serde_json::Value
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .filter_map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).ok()?).ok())
-        .filter(|v| !v.is_null())
-        .collect()
+    let docs: Vec<Option<serde_json::Value>> =
+        serde_saphyr::from_multiple(&text).expect("helm template renders YAML");
+    docs.into_iter().flatten().filter(|v| !v.is_null()).collect()
 }
-
-use serde::Deserialize;
 
 /// Apply documents with the admin identity (kubectl server-side apply).
 fn kubectl_apply(docs: &[serde_json::Value]) {
     let text = docs
         .iter()
-        .map(|d| serde_yaml::to_string(d).unwrap())
+        .map(|d| serde_json::to_string(d).unwrap())
         .collect::<Vec<_>>()
-        .join("---\n");
+        .join("\n---\n");
     let mut child = std::process::Command::new(tool("kubectl"))
         .env("KUBECONFIG", kubeconfig_path())
         .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])

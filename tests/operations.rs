@@ -260,7 +260,7 @@ async fn metrics_are_served_with_plausible_values() {
     let operator = Operator::start(&client, &ns.name);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(tokensync::http::serve(
+    tokio::spawn(tokensync::admin::serve(
         listener,
         operator.ctx.health.clone(),
         operator.ctx.metrics.clone(),

@@ -23,7 +23,7 @@ pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
 pub use status::{REASON_ISSUED, REASON_RENEWED};
 
 use crate::crd::ProviderCredential;
-use crate::http::Health;
+use crate::admin::Health;
 use crate::metrics::Metrics;
 use crate::providers::{self, Egress};
 
@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn secrets_map_back_to_the_credentials_that_use_them() {
-        let pc: ProviderCredential = serde_yaml::from_str(
+        let pc: ProviderCredential = serde_saphyr::from_str(
             r#"
 apiVersion: tokensync.dev/v1alpha1
 kind: ProviderCredential

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::reconcile::Reconcile;
 use super::state::{self, Pending, State};
 use super::{Error, status};
-use crate::providers::{Grant, Request, http as http_provider};
+use crate::providers::{Grant, Request, declarative};
 use crate::renewal;
 use crate::token::Inputs;
 
@@ -41,14 +41,14 @@ impl Reconcile<'_> {
             upstream,
         };
         for p in due {
-            let vars = http_provider::Vars {
+            let vars = declarative::Vars {
                 token: Some(&p.token),
                 kept: Some(&p.kept),
                 current: state.token.as_ref(),
                 refresh_token: None,
             };
             let fp = p.token.fingerprint();
-            let outcome = http_provider::revoke(&self.ctx.http, http, &request, &vars).await;
+            let outcome = declarative::revoke(&self.ctx.http, http, &request, &vars).await;
             state.pending.retain(|q| q.token != p.token);
             match outcome {
                 Ok(_) => {

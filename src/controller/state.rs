@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_a_secret() {
-        let mut pc = ProviderCredential::new("dronetag", serde_yaml::from_str("inputs: {secretName: i}\noutput: {secretName: o}\noauth2: {tokenUrl: 'https://x/', grantType: password}").unwrap());
+        let mut pc = ProviderCredential::new("dronetag", serde_saphyr::from_str("inputs: {secretName: i}\noutput: {secretName: o}\noauth2: {tokenUrl: 'https://x/', grantType: password}").unwrap());
         pc.metadata.uid = Some("u".into());
         let state = State {
             token: Some("at".into()),

@@ -1,7 +1,7 @@
 //! How to fetch a token: one module per flow, each a function from (HTTP client, spec, inputs,
 //! clock) to a [`Token`]. Nothing here knows about Kubernetes.
 
-pub mod http;
+pub mod declarative;
 pub mod oauth2;
 
 use base64::Engine;
@@ -102,7 +102,7 @@ impl ProviderError {
 pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, ProviderError> {
     match (&req.spec.oauth2, &req.spec.http) {
         (Some(oauth2), None) => oauth2::fetch(http, oauth2, &req.spec.inputs.keys, req).await,
-        (None, Some(spec)) => http::fetch(http, spec, req).await,
+        (None, Some(spec)) => declarative::fetch(http, spec, req).await,
         _ => Err(ProviderError::InvalidSpec(
             "spec: exactly one provider block must be set: spec.oauth2 or spec.http".into(),
         )),
@@ -128,7 +128,7 @@ pub fn http_client(
     builder.build()
 }
 
-/// Read a response body, refusing one larger than [`http::MAX_RESPONSE_BYTES`].
+/// Read a response body, refusing one larger than [`declarative::MAX_RESPONSE_BYTES`].
 pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     url: &str,
@@ -139,12 +139,12 @@ pub(crate) async fn read_capped(
         .await
         .map_err(|e| oauth2::transport(url, e))?
     {
-        if body.len() + chunk.len() > http::MAX_RESPONSE_BYTES {
+        if body.len() + chunk.len() > declarative::MAX_RESPONSE_BYTES {
             return Err(ProviderError::BadResponse {
                 url: url.into(),
                 reason: format!(
                     "the response is larger than {} bytes",
-                    http::MAX_RESPONSE_BYTES
+                    declarative::MAX_RESPONSE_BYTES
                 ),
             });
         }

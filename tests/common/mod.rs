@@ -105,7 +105,7 @@ pub async fn client() -> Client {
 async fn install_crd(client: &Client) {
     let text = std::fs::read_to_string(root().join("crds/tokensync.dev_providercredentials.yaml"))
         .expect("crds/ exists: run cargo xtask gen");
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     api.patch(
         &crd.name_any(),
@@ -188,7 +188,7 @@ impl TestNs {
     /// Apply a multi-document manifest (Secrets and ProviderCredentials) into this namespace.
     pub async fn apply(&self, manifest: &str) {
         for doc in manifest.split("\n---") {
-            let value: serde_json::Value = match serde_yaml::from_str(doc) {
+            let value: serde_json::Value = match serde_saphyr::from_str(doc) {
                 Ok(v) if !v_is_null(&v) => v,
                 _ => continue,
             };

@@ -470,7 +470,7 @@ mod tests {
     }
 
     fn spec(yaml: &str) -> HttpSpec {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     fn req<'a>(spec: &'a crate::crd::ProviderCredentialSpec, inputs: &'a Inputs) -> Request<'a> {
@@ -485,7 +485,7 @@ mod tests {
     }
 
     fn full(http: HttpSpec) -> crate::crd::ProviderCredentialSpec {
-        serde_yaml::from_str::<crate::crd::ProviderCredentialSpec>(
+        serde_saphyr::from_str::<crate::crd::ProviderCredentialSpec>(
             "inputs: {secretName: in}\noutput: {secretName: out}",
         )
         .map(|mut s| {
@@ -593,7 +593,7 @@ requestedLifetime: 8d
     #[test]
     fn mapping_finds_token_refresh_and_kept_fields() {
         let body = json!({"_id": "66a6", "expiresAt": 1_700_000_600_000i64, "token": "tok", "user": {"name": "x"}});
-        let mapping: ResponseMapping = serde_yaml::from_str(
+        let mapping: ResponseMapping = serde_saphyr::from_str(
             "{token: /token, expiry: {pointer: /expiresAt, format: epochMillis}, keep: {id: /_id}}",
         )
         .unwrap();
@@ -602,14 +602,14 @@ requestedLifetime: 8d
         assert_eq!(token.expires_at, Some(t(600)));
         assert_eq!(token.kept["id"], "66a6");
         assert!(token.is_bearer());
-        let missing: ResponseMapping = serde_yaml::from_str("{token: /access_tokn}").unwrap();
+        let missing: ResponseMapping = serde_saphyr::from_str("{token: /access_tokn}").unwrap();
         let err = map_response(&body, &missing, None, t(0), "u").unwrap_err();
         assert_eq!(
             err.to_string(),
             "response from u is not usable: the response has no field at /access_tokn"
         );
         // no expiry in the response and not a JWT: the requested lifetime
-        let plain: ResponseMapping = serde_yaml::from_str("{token: /token}").unwrap();
+        let plain: ResponseMapping = serde_saphyr::from_str("{token: /token}").unwrap();
         let token = map_response(
             &body,
             &plain,
