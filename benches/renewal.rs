@@ -35,16 +35,20 @@ fn main() {
     );
     let now = Timestamp::from_second(1_700_000_000).unwrap();
     let policy = Policy::default();
+    let source = renewal::Source::from_key("3/0123456789abcdef/").unwrap();
     let current = Current {
         issued_at: now,
         expires_at: Some(now + jiff::SignedDuration::from_secs(1200)),
         renew_at: policy.renew_at(now, Some(now + jiff::SignedDuration::from_secs(1200))),
-        source: "3/12345/".into(),
-        refresh_expires_at: Some(now + jiff::SignedDuration::from_secs(604800)),
+        source: source.clone(),
     };
     let observed = Observed {
         current: Some(current),
-        source: "3/12345/".into(),
+        source,
+        refresh: Some(renewal::Refresh {
+            deadline: Some(now + jiff::SignedDuration::from_secs(604800)),
+        }),
+        primary_possible: false,
     };
     bench("renewal::decide (token in place)", budget, || {
         black_box(renewal::decide(black_box(&observed), black_box(now)));

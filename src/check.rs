@@ -73,10 +73,16 @@ async fn fetch(
         now: crate::renewal::now(),
         egress,
         upstream,
+        timeout: None,
     };
-    providers::fetch(http, &request)
+    let mut token = providers::fetch(http, &request)
         .await
-        .map_err(|e| inputs.redact(&e.to_string()))
+        .map_err(|e| inputs.redact(&e.to_string()))?;
+    // the controller's own checks of what arrived: too short a life is an error, too long clamped
+    for warning in crate::renewal::check_token(&mut token)? {
+        eprintln!("warning: {warning}");
+    }
+    Ok(token)
 }
 
 /// The token of an upstream credential, fetched as the controller would.

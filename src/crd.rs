@@ -448,15 +448,39 @@ pub struct ProviderCredentialStatus {
     /// The first 8 hex characters of the current token's SHA-256, to tell tokens apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
-    /// Failed attempts since the last success; drives the retry backoff.
+    /// The SHA-256 prefix of the inputs Secret's data the current token was obtained with: a
+    /// change of the data (not of its labels or annotations) renews the token at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failures: Option<u32>,
+    pub inputs_hash: Option<String>,
+    /// When the controller will next ask the provider: the renewal time, or the retry after a
+    /// failure (backoff, or the provider's Retry-After).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
+    /// The failed attempts since the last success; absent after a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailure>,
+}
+
+/// Failed attempts since the last success, and what they were made from: a change of the spec,
+/// the inputs or a forced renewal retries at once instead of waiting out the backoff.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastFailure {
     /// When the last attempt failed.
+    pub at: Time,
+    /// Failed attempts in a row from the same spec and inputs; drives the backoff.
+    pub count: u32,
+    /// The condition reason of the last failure.
+    pub reason: String,
+    /// The spec generation the attempts used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure_at: Option<Time>,
-    /// The spec generation and inputs version the last failed attempt used: a change retries at once.
+    pub generation: Option<i64>,
+    /// The inputs hash the attempts used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure_source: Option<String>,
+    pub inputs_hash: Option<String>,
+    /// The force-refresh annotation value the attempts used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_refresh: Option<String>,
 }
 
 #[cfg(test)]

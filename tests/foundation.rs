@@ -160,7 +160,7 @@ async fn missing_inputs_secret_is_a_condition_and_recovers_when_it_appears() {
     assert!(
         events
             .iter()
-            .any(|e| e.reason.as_deref() == Some("InputsMissing")
+            .any(|e| e.reason.as_deref() == Some("InputsNotFound")
                 && e.type_.as_deref() == Some("Warning")),
         "{events:?}"
     );
@@ -175,7 +175,7 @@ async fn missing_inputs_secret_is_a_condition_and_recovers_when_it_appears() {
     // the Secret appears: the inputs watch brings the credential back without waiting out the backoff
     ns.apply(secret_doc).await;
     let pc = ns.wait_ready(AA, "True", Some("TokenIssued")).await;
-    assert_eq!(pc.status.unwrap().failures, None);
+    assert_eq!(pc.status.unwrap().last_failure, None);
     assert!(
         ns.api::<Secret>()
             .get_opt(AA_SECRET)

@@ -134,7 +134,7 @@ async fn plain_http_is_refused_without_the_flag_and_hosts_outside_the_allowlist_
     assert!(
         events
             .iter()
-            .any(|e| e.reason.as_deref() == Some("TokenRequestFailed")),
+            .any(|e| e.reason.as_deref() == Some("HostNotAllowed")),
         "{events:?}"
     );
     operator.stop().await;

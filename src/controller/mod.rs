@@ -1,7 +1,9 @@
 //! The ProviderCredential controller: wiring of watches, the reconcile steps and error policy.
 
-mod dependencies;
+mod execute;
+mod gather;
 mod output;
+mod plan;
 mod reconcile;
 mod revoke;
 mod state;
@@ -20,12 +22,12 @@ use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
 pub use output::{MANAGED_BY_LABEL, MANAGER};
 pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
-pub use status::{REASON_ISSUED, REASON_RENEWED};
 
-use crate::crd::ProviderCredential;
 use crate::admin::Health;
+use crate::crd::ProviderCredential;
 use crate::metrics::Metrics;
 use crate::providers::{self, Egress};
+use crate::reason::Reason;
 
 /// What the operator's flags set.
 #[derive(Clone, Debug)]
@@ -72,6 +74,24 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub config: Config,
+    pub slots: Slots,
+}
+
+/// Token requests running at once: credentials whose last attempt failed have a budget of
+/// their own, so a hung or failing provider never takes the slots healthy renewals need.
+pub struct Slots {
+    pub healthy: tokio::sync::Semaphore,
+    pub failing: tokio::sync::Semaphore,
+}
+
+impl Slots {
+    fn new(concurrency: u16) -> Self {
+        let n = usize::from(concurrency.max(1));
+        Self {
+            healthy: tokio::sync::Semaphore::new(n),
+            failing: tokio::sync::Semaphore::new(n.div_ceil(2)),
+        }
+    }
 }
 
 impl Context {
@@ -93,6 +113,7 @@ impl Context {
             },
             metrics: Arc::default(),
             health: Arc::new(Health::new(config.leader_election)),
+            slots: Slots::new(config.concurrency),
             config,
         })
     }
@@ -142,10 +163,13 @@ impl Error {
 
 fn error_policy(_pc: Arc<ProviderCredential>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
-    ctx.metrics.reconcile_error(match error {
-        Error::RevocationPending { .. } => "RevocationPending",
-        _ => "KubernetesAPI",
-    });
+    ctx.metrics.reconcile_error(
+        match error {
+            Error::RevocationPending { .. } => Reason::RevocationPending,
+            _ => Reason::KubernetesAPI,
+        }
+        .as_str(),
+    );
     Action::requeue(error.retry_after())
 }
 
@@ -218,7 +242,10 @@ async fn run_one(
             }
         }
     });
-    let config = kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
+    // reconciles that wait for a request slot hold no connection: allow more of them than
+    // slots, so that reconciles with nothing to request are never stuck behind slow requests
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(ctx.config.concurrency.saturating_mul(4));
     controller
         .with_config(config)
         // One metadata-only watch over Secrets: an output Secret changed or deleted by hand, an

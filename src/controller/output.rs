@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::ProviderCredential;
-use crate::renewal::Current;
+use crate::renewal::{Current, Source};
 use crate::token::{SecretValue, Token};
 
 /// The field manager of every write.
@@ -40,9 +40,7 @@ pub fn current(secret: &Secret) -> Option<Current> {
         issued_at: time(ISSUED_AT)?,
         expires_at: time(EXPIRES_AT),
         renew_at: time(RENEW_AT)?,
-        source: ann.get(SOURCE)?.clone(),
-        // kept in the state Secret, filled in by the reconcile
-        refresh_expires_at: None,
+        source: Source::from_key(ann.get(SOURCE)?)?,
     })
 }
 
@@ -68,7 +66,7 @@ pub fn build(
     token: &Token,
     refresh_token: Option<&SecretValue>,
     renew_at: Timestamp,
-    source: &str,
+    source: &Source,
 ) -> Result<Secret, String> {
     let out = &pc.spec.output;
     let expires_at = token.expires_at.map(|t| t.to_string());
@@ -107,7 +105,7 @@ pub fn build(
         annotations.insert(EXPIRES_AT.into(), e);
     }
     annotations.insert(RENEW_AT.into(), renew_at.to_string());
-    annotations.insert(SOURCE.into(), source.into());
+    annotations.insert(SOURCE.into(), source.key());
     annotations.insert(FINGERPRINT.into(), token.value.fingerprint());
 
     Ok(Secret {
@@ -127,6 +125,85 @@ pub fn build(
         ),
         ..Default::default()
     })
+}
+
+/// Check before any request to a provider what would make writing the output fail after a
+/// token was issued: the key templates (rendered against a placeholder token), label and
+/// annotation keys and values, and the names of the Secrets.
+pub fn validate(pc: &ProviderCredential) -> Result<(), String> {
+    let placeholder = Token {
+        value: SecretValue::new("placeholder-token"),
+        token_type: "Bearer".into(),
+        issued_at: Timestamp::UNIX_EPOCH,
+        expires_at: Some(Timestamp::UNIX_EPOCH),
+        refresh_token: None,
+        refresh_expires_at: None,
+        scope: None,
+        kept: Default::default(),
+    };
+    let refresh = SecretValue::new("placeholder-refresh-token");
+    build(
+        pc,
+        &placeholder,
+        Some(&refresh),
+        Timestamp::UNIX_EPOCH,
+        &Source::default(),
+    )?;
+    let out = &pc.spec.output;
+    for (key, value) in &out.labels {
+        if !qualified_name(key) {
+            return Err(format!(
+                "spec.output.labels: {key:?} is not a valid label key (an optional DNS prefix and '/', then up to 63 of [A-Za-z0-9-_.])"
+            ));
+        }
+        if !(value.is_empty() || (value.len() <= 63 && name_part(value))) {
+            return Err(format!(
+                "spec.output.labels.{key}: the value is not a valid label value (up to 63 of [A-Za-z0-9-_.], alphanumeric at both ends)"
+            ));
+        }
+    }
+    if let Some(key) = out.annotations.keys().find(|k| !qualified_name(k)) {
+        return Err(format!(
+            "spec.output.annotations: {key:?} is not a valid annotation key"
+        ));
+    }
+    let state = super::state::name(&pc.name_any());
+    if state.len() > 253 {
+        return Err(format!(
+            "metadata.name is too long: the state Secret's name {:?}... would pass 253 characters",
+            &state[..40]
+        ));
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`
+fn name_part(s: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    !s.is_empty()
+        && s.chars().all(ok)
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A Kubernetes qualified name: `[prefix/]name`, the prefix a DNS subdomain.
+fn qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    });
+    prefix_ok && name.len() <= 63 && name_part(name)
 }
 
 #[cfg(test)]
@@ -180,6 +257,45 @@ mod tests {
         }
     }
 
+    fn src() -> Source {
+        Source {
+            generation: 1,
+            inputs_hash: "h7".into(),
+            force_refresh: String::new(),
+        }
+    }
+
+    /// Defect 5 and 6: what would fail after a token was issued is found before any request.
+    #[test]
+    fn validate_finds_what_would_fail_after_the_request() {
+        assert_eq!(validate(&pcred(Default::default())), Ok(()));
+        let typo = [(
+            "auth".to_string(),
+            "{{ token_typ }} {{ token }}".to_string(),
+        )]
+        .into();
+        let err = validate(&pcred(typo)).unwrap_err();
+        assert!(err.starts_with("spec.output.keys.auth:"), "{err}");
+        let rt = [("rt".to_string(), "{{ refresh_token }}".to_string())].into();
+        assert_eq!(validate(&pcred(rt)), Ok(()));
+        for (key, value, ok) in [
+            ("team", "drones", true),
+            ("example.com/team", "", true),
+            ("bad label!", "x", false),
+            ("team", "not ok!", false),
+            ("-team", "x", false),
+            ("Example.com/team", "x", false),
+            (&"x".repeat(64)[..], "x", false),
+        ] {
+            let mut pc = pcred(Default::default());
+            pc.spec.output.labels = [(key.to_string(), value.to_string())].into();
+            assert_eq!(validate(&pc).is_ok(), ok, "{key:?}={value:?}");
+        }
+        let mut pc = pcred(Default::default());
+        pc.metadata.name = Some("a".repeat(238));
+        assert!(validate(&pc).unwrap_err().starts_with("metadata.name"));
+    }
+
     fn text(secret: &Secret, key: &str) -> String {
         String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
     }
@@ -188,7 +304,7 @@ mod tests {
     fn default_keys_owner_and_labels() {
         let pc = pcred(Default::default());
         let renew: Timestamp = "2026-01-01T00:13:20Z".parse().unwrap();
-        let s = build(&pc, &token(), None, renew, "1/7").unwrap();
+        let s = build(&pc, &token(), None, renew, &src()).unwrap();
         assert_eq!(text(&s, "token"), "tok-123");
         assert_eq!(text(&s, "token_type"), "Bearer");
         assert_eq!(text(&s, "expires_at"), "2026-01-01T00:20:00Z");
@@ -203,7 +319,7 @@ mod tests {
         // the recorded state reads back
         let cur = current(&s).unwrap();
         assert_eq!(cur.renew_at, renew);
-        assert_eq!(cur.source, "1/7");
+        assert_eq!(cur.source, src());
         assert_eq!(
             fingerprint(&s).unwrap(),
             SecretValue::new("tok-123").fingerprint()
@@ -219,7 +335,7 @@ mod tests {
             "X-Personal-Access-Token: {{ token }}".to_string(),
         )]
         .into();
-        let s = build(&pcred(keys), &token(), None, Timestamp::UNIX_EPOCH, "1/7").unwrap();
+        let s = build(&pcred(keys), &token(), None, Timestamp::UNIX_EPOCH, &src()).unwrap();
         assert_eq!(text(&s, "headers"), "X-Personal-Access-Token: tok-123");
         assert!(!s.data.as_ref().unwrap().contains_key("token"));
         // the refresh token only where a template asks for it
@@ -231,19 +347,19 @@ mod tests {
             &token(),
             Some(&rt),
             Timestamp::UNIX_EPOCH,
-            "1/7",
+            &src(),
         )
         .unwrap();
         assert_eq!(text(&s, "rt"), "rt-9");
         let bad = [("k".to_string(), "{{ nope }}".to_string())].into();
-        let err = build(&pcred(bad), &token(), None, Timestamp::UNIX_EPOCH, "1/7").unwrap_err();
+        let err = build(&pcred(bad), &token(), None, Timestamp::UNIX_EPOCH, &src()).unwrap_err();
         assert!(err.starts_with("spec.output.keys.k:"), "{err}");
     }
 
     #[test]
     fn foreign_secret_is_not_owned() {
         let pc = pcred(Default::default());
-        let mut s = build(&pc, &token(), None, Timestamp::UNIX_EPOCH, "1/7").unwrap();
+        let mut s = build(&pc, &token(), None, Timestamp::UNIX_EPOCH, &src()).unwrap();
         s.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
         assert!(!owned_by(&s, &pc));
         s.metadata.owner_references = None;

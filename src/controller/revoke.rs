@@ -8,37 +8,44 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
+use super::Error;
 use super::reconcile::Reconcile;
 use super::state::{self, Pending, State};
-use super::{Error, status};
-use crate::providers::{Grant, Request, declarative};
+use crate::providers::{Grant, Request, Upstream, declarative};
+use crate::reason::Reason;
 use crate::renewal;
 use crate::token::Inputs;
 
 impl Reconcile<'_> {
     /// Run the revocations that are due; `true` when the state changed. A failed revocation is
     /// retried with backoff and given up after `max_revoke_attempts`, with a Warning event.
-    pub(super) async fn revoke_due(&self, state: &mut State, inputs: &Inputs) -> bool {
-        let Some(http) = self.spec().http.as_ref().filter(|h| h.revoke.is_some()) else {
+    pub(super) async fn revoke_due(
+        &self,
+        state: &mut State,
+        inputs: &Inputs,
+        upstream: Option<Upstream>,
+    ) -> bool {
+        let Some(http) = self.pc.spec.http.as_ref().filter(|h| h.revoke.is_some()) else {
             return false;
         };
+        let now = renewal::now();
         let due: Vec<Pending> = state
             .pending
             .iter()
-            .filter(|p| p.next_at <= self.now)
+            .filter(|p| p.next_at <= now)
             .cloned()
             .collect();
         if due.is_empty() {
             return false;
         }
-        let upstream = self.upstream().await.ok().and_then(|r| r.ok()).flatten();
         let request = Request {
-            spec: self.spec(),
+            spec: &self.pc.spec,
             inputs,
             grant: Grant::Primary,
-            now: self.now,
+            now,
             egress: &self.ctx.egress,
             upstream,
+            timeout: None,
         };
         for p in due {
             let vars = declarative::Vars {
@@ -55,7 +62,7 @@ impl Reconcile<'_> {
                     info!(fingerprint = %fp, "token revoked");
                     self.event(
                         EventType::Normal,
-                        status::REASON_REVOKED,
+                        Reason::TokenRevoked,
                         format!("revoked token {fp}"),
                     )
                     .await;
@@ -67,7 +74,7 @@ impl Reconcile<'_> {
                         inputs.redact(&e.to_string())
                     );
                     warn!(%message);
-                    self.event(EventType::Warning, status::REASON_REVOKE_FAILED, message)
+                    self.event(EventType::Warning, Reason::RevocationFailed, message)
                         .await;
                 }
                 Err(e) => {
@@ -75,7 +82,7 @@ impl Reconcile<'_> {
                     warn!(fingerprint = %fp, attempts, error = %inputs.redact(&e.to_string()), "revocation failed; will retry");
                     state.pending.push(Pending {
                         attempts,
-                        next_at: self.now + renewal::backoff(attempts),
+                        next_at: renewal::add(now, renewal::backoff(attempts)),
                         ..p
                     });
                 }
@@ -84,8 +91,26 @@ impl Reconcile<'_> {
         true
     }
 
-    /// Deletion: revoke the current token and any still pending, then let the object go.
+    /// Deletion: revoke the current token and any still pending, then let the object go. When
+    /// the spec no longer has a revoke request, nothing can be revoked: the object goes at once.
     pub(super) async fn cleanup(&self) -> Result<Action, Error> {
+        if self
+            .pc
+            .spec
+            .http
+            .as_ref()
+            .is_none_or(|h| h.revoke.is_none())
+        {
+            self.event(
+                EventType::Warning,
+                Reason::RevocationFailed,
+                "the spec has no revoke request any more: tokens issued earlier are not revoked"
+                    .into(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        let now = renewal::now();
         let Some(secret) = self
             .secrets
             .get_opt(&state::name(&self.pc.name_any()))
@@ -99,22 +124,25 @@ impl Reconcile<'_> {
                 token,
                 kept: std::mem::take(&mut state.kept),
                 attempts: 0,
-                next_at: self.now,
+                next_at: now,
             });
         }
         // on deletion every pending revocation is due now
         for p in &mut state.pending {
-            p.next_at = p.next_at.min(self.now);
+            p.next_at = p.next_at.min(now);
         }
         let inputs = match self
             .secrets
-            .get_opt(&self.spec().inputs.secret_name)
+            .get_opt(&self.pc.spec.inputs.secret_name)
             .await?
         {
             Some(s) => Inputs::from_secret(&s),
             None => Inputs::default(),
         };
-        self.revoke_due(&mut state, &inputs).await;
+        let upstream = super::gather::upstream(&self.secrets, &self.pc)
+            .await?
+            .and_then(Result::ok);
+        self.revoke_due(&mut state, &inputs, upstream).await;
         if state.pending.is_empty() {
             return Ok(Action::await_change());
         }

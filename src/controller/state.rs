@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::output::{MANAGED_BY_LABEL, MANAGER};
 use crate::crd::ProviderCredential;
+use crate::renewal::Source;
 use crate::token::SecretValue;
 
 pub const ROLE_LABEL: &str = "tokensync.dev/role";
@@ -53,7 +54,12 @@ mod secret_string {
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
+    /// The newest token the provider issued; written here before the output Secret, so a token
+    /// whose output write failed is written out later instead of being requested again.
     pub token: Option<SecretValue>,
+    pub issued_at: Option<Timestamp>,
+    /// What it was obtained with.
+    pub source: Option<Source>,
     pub token_type: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub refresh_token: Option<SecretValue>,
@@ -79,6 +85,8 @@ impl State {
         }
         Self {
             token: text("token").map(SecretValue::new),
+            issued_at: time("issued_at"),
+            source: text("source").and_then(|k| Source::from_key(&k)),
             token_type: text("token_type"),
             expires_at: time("expires_at"),
             refresh_token: text("refresh_token").map(SecretValue::new),
@@ -87,11 +95,6 @@ impl State {
             used_inputs: json(text("used_inputs")),
             pending: json(text("pending_revocations")),
         }
-    }
-
-    /// Whether the refresh token can be used at `now`.
-    pub fn refresh_usable(&self, now: Timestamp) -> bool {
-        self.refresh_token.is_some() && self.refresh_expires_at.is_none_or(|d| now < d)
     }
 
     /// The state Secret for `pc`.
@@ -103,6 +106,8 @@ impl State {
             }
         };
         put("token", self.token.as_ref().map(|t| t.expose().to_string()));
+        put("issued_at", self.issued_at.map(|t| t.to_string()));
+        put("source", self.source.as_ref().map(Source::key));
         put("token_type", self.token_type.clone());
         put("expires_at", self.expires_at.map(|t| t.to_string()));
         put(
@@ -151,6 +156,12 @@ mod tests {
         pc.metadata.uid = Some("u".into());
         let state = State {
             token: Some("at".into()),
+            issued_at: Some(Timestamp::from_second(40).unwrap()),
+            source: Some(Source {
+                generation: 3,
+                inputs_hash: "abcd".into(),
+                force_refresh: String::new(),
+            }),
             token_type: Some("Bearer".into()),
             expires_at: Some(Timestamp::from_second(100).unwrap()),
             refresh_token: Some("rt".into()),
@@ -168,8 +179,6 @@ mod tests {
         assert_eq!(secret.name_any(), "dronetag-tokensync-state");
         assert_eq!(owner_name(&secret.name_any()), Some("dronetag"));
         assert_eq!(State::read(&secret), state);
-        assert!(state.refresh_usable(Timestamp::from_second(199).unwrap()));
-        assert!(!state.refresh_usable(Timestamp::from_second(200).unwrap()));
         // Debug of the state never shows the tokens
         assert!(!format!("{state:?}").contains("\"rt\""));
     }

@@ -1,38 +1,13 @@
 //! Status as a pure function of the previous status and what just happened.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::ProviderCredentialStatus;
-use crate::renewal::Current;
+use crate::crd::{LastFailure, ProviderCredentialStatus};
+use crate::reason::Reason;
+use crate::renewal::{self, Current, Failure, Source};
 
 pub const READY: &str = "Ready";
-pub const REASON_ISSUED: &str = "TokenIssued";
-pub const REASON_RENEWED: &str = "TokenRenewed";
-pub const REASON_INPUTS_NOT_FOUND: &str = "InputsNotFound";
-pub const REASON_OWNED_ELSEWHERE: &str = "SecretOwnedElsewhere";
-pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
-pub const REASON_NEEDS_NEW_INPUTS: &str = "NeedsNewInputs";
-pub const REASON_REFRESH_REJECTED: &str = "RefreshTokenRejected";
-pub const REASON_UPSTREAM_NOT_READY: &str = "UpstreamNotReady";
-pub const REASON_REVOKED: &str = "TokenRevoked";
-pub const REASON_REVOKE_FAILED: &str = "RevocationFailed";
-pub const REASON_FORBIDDEN: &str = "Forbidden";
-pub const REASON_CA_BUNDLE_NOT_FOUND: &str = "CABundleNotFound";
-
-/// The event reason for a failure's condition reason: missing inputs are `InputsMissing`, a
-/// failed or refused token request `TokenRequestFailed`; the rest keep their own reason.
-pub fn event_reason(condition_reason: &str) -> &str {
-    match condition_reason {
-        REASON_INPUTS_NOT_FOUND | "InputKeyMissing" => "InputsMissing",
-        "Unauthorized"
-        | "TokenRequestFailed"
-        | "ProviderUnreachable"
-        | "InsecureURL"
-        | "HostNotAllowed" => "TokenRequestFailed",
-        other => other,
-    }
-}
 
 /// Set a condition; `lastTransitionTime` moves only when the status flips.
 fn set_condition(
@@ -65,13 +40,14 @@ pub fn ready_condition(status: &ProviderCredentialStatus) -> Option<&Condition> 
     status.conditions.iter().find(|c| c.type_ == READY)
 }
 
-/// The status after a token is in place (`current`, fingerprint), with `reason`.
+/// The status after a token is in place (`current`, fingerprint), with `reason`; the next
+/// attempt is the renewal (`next_attempt_at`, which may be earlier to keep a session alive).
 pub fn success(
     prev: &ProviderCredentialStatus,
-    generation: Option<i64>,
     current: &Current,
     fingerprint: Option<String>,
-    reason: &str,
+    reason: Reason,
+    next_attempt_at: Timestamp,
     now: Timestamp,
 ) -> ProviderCredentialStatus {
     let mut conditions = prev.conditions.clone();
@@ -79,11 +55,12 @@ pub fn success(
         Some(e) => format!("token valid until {e}; renewal at {}", current.renew_at),
         None => format!("token has no known expiry; renewal at {}", current.renew_at),
     };
+    let generation = Some(current.source.generation);
     set_condition(
         &mut conditions,
         READY,
         true,
-        reason,
+        reason.as_str(),
         message,
         generation,
         now,
@@ -95,40 +72,62 @@ pub fn success(
         renew_at: Some(Time(current.renew_at)),
         last_refresh_at: Some(Time(current.issued_at)),
         token_fingerprint: fingerprint,
-        failures: None,
-        last_failure_at: None,
-        last_failure_source: None,
+        inputs_hash: Some(current.source.inputs_hash.clone()),
+        next_attempt_at: Some(Time(next_attempt_at)),
+        last_failure: None,
     }
 }
 
-/// The status after a failed attempt; what the previous token's fields said stays, since that
-/// token stays in place.
+/// The last failure recorded in `status`, for the backoff gate.
+pub fn last_failure(status: &ProviderCredentialStatus) -> Option<Failure> {
+    let f = status.last_failure.as_ref()?;
+    Some(Failure {
+        at: f.at.0,
+        count: f.count,
+        source: Source {
+            generation: f.generation.unwrap_or_default(),
+            inputs_hash: f.inputs_hash.clone().unwrap_or_default(),
+            force_refresh: f.force_refresh.clone().unwrap_or_default(),
+        },
+        next_attempt_at: status.next_attempt_at.as_ref().map_or(f.at.0, |t| t.0),
+    })
+}
+
+/// The status after a failed attempt from `source`; what the previous token's fields said
+/// stays, since that token stays in place. The next attempt waits out the backoff, or the
+/// provider's `Retry-After` when longer.
 pub fn failure(
     prev: &ProviderCredentialStatus,
-    generation: Option<i64>,
-    reason: &str,
+    source: &Source,
+    reason: Reason,
     message: String,
-    source: &str,
+    retry_after: Option<SignedDuration>,
     now: Timestamp,
 ) -> ProviderCredentialStatus {
     let mut next = prev.clone();
+    let generation = Some(source.generation);
     set_condition(
         &mut next.conditions,
         READY,
         false,
-        reason,
+        reason.as_str(),
         message,
         generation,
         now,
     );
-    let same_source = prev.last_failure_source.as_deref() == Some(source);
-    next.failures = Some(if same_source {
-        prev.failures.unwrap_or(0).saturating_add(1)
-    } else {
-        1
+    let count = match last_failure(prev) {
+        Some(f) if &f.source == source => f.count.saturating_add(1),
+        _ => 1,
+    };
+    next.last_failure = Some(LastFailure {
+        at: Time(now),
+        count,
+        reason: reason.as_str().into(),
+        generation,
+        inputs_hash: Some(source.inputs_hash.clone()),
+        force_refresh: Some(source.force_refresh.clone()).filter(|f| !f.is_empty()),
     });
-    next.last_failure_at = Some(Time(now));
-    next.last_failure_source = Some(source.into());
+    next.next_attempt_at = Some(Time(renewal::next_attempt(now, count, retry_after)));
     next.observed_generation = generation;
     next
 }
@@ -141,13 +140,20 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
 
+    fn src(hash: &str) -> Source {
+        Source {
+            generation: 1,
+            inputs_hash: hash.into(),
+            force_refresh: String::new(),
+        }
+    }
+
     fn cur() -> Current {
         Current {
             issued_at: t(0),
             expires_at: Some(t(1200)),
             renew_at: t(800),
-            source: "1/1".into(),
-            refresh_expires_at: None,
+            source: src("h1"),
         }
     }
 
@@ -155,17 +161,24 @@ mod tests {
     fn transition_time_moves_only_on_flip() {
         let s1 = success(
             &Default::default(),
-            Some(1),
             &cur(),
             None,
-            REASON_ISSUED,
+            Reason::TokenIssued,
+            t(800),
             t(0),
         );
-        let s2 = success(&s1, Some(1), &cur(), None, REASON_RENEWED, t(800));
+        let s2 = success(&s1, &cur(), None, Reason::TokenRenewed, t(800), t(800));
         let c = ready_condition(&s2).unwrap();
         assert_eq!(c.last_transition_time, Time(t(0)));
-        assert_eq!(c.reason, REASON_RENEWED);
-        let s3 = failure(&s2, Some(1), "Unauthorized", "401".into(), "1/1", t(900));
+        assert_eq!(c.reason, "TokenRenewed");
+        let s3 = failure(
+            &s2,
+            &src("h1"),
+            Reason::Unauthorized,
+            "401".into(),
+            None,
+            t(900),
+        );
         let c = ready_condition(&s3).unwrap();
         assert_eq!(
             (c.status.as_str(), c.last_transition_time.clone()),
@@ -173,17 +186,47 @@ mod tests {
         );
         // the old token's times stay: it is still in place
         assert_eq!(s3.expires_at, Some(Time(t(1200))));
-        assert_eq!(s3.failures, Some(1));
+        assert_eq!(s3.last_failure.as_ref().unwrap().count, 1);
+        assert_eq!(s3.next_attempt_at, Some(Time(t(905))));
     }
 
     #[test]
     fn failures_count_per_source() {
-        let s = failure(&Default::default(), Some(1), "X", "m".into(), "1/1", t(0));
-        let s = failure(&s, Some(1), "X", "m".into(), "1/1", t(5));
-        assert_eq!(s.failures, Some(2));
-        let s = failure(&s, Some(1), "X", "m".into(), "1/2", t(6));
-        assert_eq!(s.failures, Some(1));
-        let ok = success(&s, Some(1), &cur(), None, REASON_ISSUED, t(7));
-        assert_eq!((ok.failures, ok.last_failure_at), (None, None));
+        let s = failure(
+            &Default::default(),
+            &src("h1"),
+            Reason::Unauthorized,
+            "m".into(),
+            None,
+            t(0),
+        );
+        let s = failure(&s, &src("h1"), Reason::Unauthorized, "m".into(), None, t(5));
+        assert_eq!(s.last_failure.as_ref().unwrap().count, 2);
+        assert_eq!(s.next_attempt_at, Some(Time(t(15))));
+        assert_eq!(last_failure(&s).unwrap().source, src("h1"));
+        let s = failure(&s, &src("h2"), Reason::Unauthorized, "m".into(), None, t(6));
+        assert_eq!(s.last_failure.as_ref().unwrap().count, 1);
+        // the status holds the hash and the reason, not a composite key
+        let f = s.last_failure.as_ref().unwrap();
+        assert_eq!(
+            (f.inputs_hash.as_deref(), f.reason.as_str()),
+            (Some("h2"), "Unauthorized")
+        );
+        let ok = success(&s, &cur(), None, Reason::TokenIssued, t(800), t(7));
+        assert_eq!(ok.last_failure, None);
+        assert_eq!(ok.inputs_hash.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn retry_after_sets_the_next_attempt() {
+        let s = failure(
+            &Default::default(),
+            &src("h1"),
+            Reason::RateLimited,
+            "429".into(),
+            Some(SignedDuration::from_secs(120)),
+            t(0),
+        );
+        assert_eq!(s.next_attempt_at, Some(Time(t(120))));
     }
 }

@@ -53,7 +53,7 @@ fn context(req: &Request<'_>, spec: &HttpSpec, vars: &Vars<'_>) -> Result<Value,
     if let Some(lifetime) = &spec.requested_lifetime {
         let d = parse_duration(lifetime)
             .map_err(|e| ProviderError::InvalidSpec(format!("spec.http.requestedLifetime: {e}")))?;
-        let at = req.now + d;
+        let at = crate::renewal::add(req.now, d);
         ctx["requested"] = json!({
             "seconds": d.as_secs(),
             "human": human(d),
@@ -218,7 +218,11 @@ pub fn render_request(
 }
 
 /// Send a rendered request; the JSON body of a 2xx answer (or `Null` for an empty one).
-pub async fn send(http: &reqwest::Client, r: Rendered) -> Result<Value, ProviderError> {
+pub async fn send(
+    http: &reqwest::Client,
+    r: Rendered,
+    timeout: Option<std::time::Duration>,
+) -> Result<Value, ProviderError> {
     let url_text = r.url.to_string();
     let method = match r.method {
         HttpMethod::Get => reqwest::Method::GET,
@@ -237,17 +241,22 @@ pub async fn send(http: &reqwest::Client, r: Rendered) -> Result<Value, Provider
         Some(Body::Form(f)) => builder.form(&f),
         None => builder,
     };
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
     let response = builder
         .send()
         .await
         .map_err(|e| super::oauth2::transport(&url_text, e))?;
     let status = response.status();
+    let retry_after = super::retry_after(response.headers(), crate::renewal::now());
     let bytes = super::read_capped(response, &url_text).await?;
     if !status.is_success() {
         return Err(ProviderError::Rejected {
             url: url_text,
             status: status.as_u16(),
             detail: error_detail(&bytes),
+            retry_after,
         });
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -314,7 +323,7 @@ pub fn expiry(
     };
     let ts = match mapping.format {
         ExpiryFormat::Seconds => seconds_value(&value)
-            .map(|s| now + SignedDuration::from_secs(s))
+            .map(|s| crate::renewal::add_secs(now, s))
             .ok_or_else(|| bad("a number of seconds"))?,
         ExpiryFormat::EpochSeconds => seconds_value(&value)
             .and_then(|s| Timestamp::from_second(s).ok())
@@ -359,7 +368,7 @@ pub fn map_response(
             })?;
     let expires_at = match &mapping.expiry {
         Some(m) => Some(expiry(body, &token, m, now, url)?),
-        None => jwt_exp(&token).or_else(|| requested.map(|d| now + d)),
+        None => jwt_exp(&token).or_else(|| requested.map(|d| crate::renewal::add(now, d))),
     };
     let refresh_token = match &mapping.refresh_token {
         // a refresh response may leave the refresh token out: the old one stays good
@@ -426,12 +435,13 @@ pub async fn fetch(
     let ctx = context(req, spec, &vars)?;
     let rendered = render_request(field, request, &ctx, req.egress)?;
     let url = rendered.url.to_string();
-    let body = send(http, rendered).await?;
+    let body = send(http, rendered, req.timeout).await?;
     let requested = match &spec.requested_lifetime {
         Some(l) => Some(parse_duration(l).map_err(ProviderError::InvalidSpec)?),
         None => None,
     };
-    map_response(&body, mapping, requested, req.now, &url)
+    // lifetimes count from when the answer arrived, not from when the request started
+    map_response(&body, mapping, requested, crate::renewal::now(), &url)
 }
 
 /// Revoke `token` (with its kept fields) by the spec's revoke request. `Ok(false)` when the spec
@@ -447,7 +457,7 @@ pub async fn revoke(
     };
     let ctx = context(req, spec, vars)?;
     let rendered = render_request("spec.http.revoke", revoke, &ctx, req.egress)?;
-    match send(http, rendered).await {
+    match send(http, rendered, req.timeout).await {
         Ok(_) => Ok(true),
         // already gone counts as revoked
         Err(ProviderError::Rejected { status: 404, .. }) => Ok(true),
@@ -481,6 +491,7 @@ mod tests {
             now: t(0),
             egress: &EGRESS,
             upstream: None,
+            timeout: None,
         }
     }
 

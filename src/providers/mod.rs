@@ -8,6 +8,7 @@ use base64::Engine;
 use jiff::Timestamp;
 
 use crate::crd::ProviderCredentialSpec;
+use crate::reason::Reason;
 use crate::token::{Inputs, SecretValue, Token};
 
 /// Which grant to run.
@@ -30,6 +31,9 @@ pub struct Request<'a> {
     pub egress: &'a Egress,
     /// The token of the ProviderCredential named in `spec.http.upstream`.
     pub upstream: Option<Upstream>,
+    /// A per-request timeout shorter than the client's (after a timeout, the next attempt
+    /// gives up sooner so it does not hold a slot for long).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Another credential's current token, for requests that are authorised by it.
@@ -63,6 +67,8 @@ pub enum ProviderError {
         status: u16,
         /// The provider's error code and description, when it gave them (e.g. `invalid_client`).
         detail: Option<String>,
+        /// The provider's `Retry-After`, when it sent one.
+        retry_after: Option<jiff::SignedDuration>,
     },
     #[error("response from {url} is not usable: {reason}")]
     BadResponse { url: String, reason: String },
@@ -70,19 +76,33 @@ pub enum ProviderError {
 
 impl ProviderError {
     /// The condition reason this error is reported with.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ProviderError::MissingInput { .. } => "InputKeyMissing",
-            ProviderError::InsecureUrl { .. } => "InsecureURL",
-            ProviderError::HostNotAllowed { .. } => "HostNotAllowed",
-            ProviderError::InvalidSpec(_) => "InvalidSpec",
-            ProviderError::Transport { .. } => "ProviderUnreachable",
+            ProviderError::MissingInput { .. } => Reason::InputKeyMissing,
+            ProviderError::InsecureUrl { .. } => Reason::InsecureURL,
+            ProviderError::HostNotAllowed { .. } => Reason::HostNotAllowed,
+            ProviderError::InvalidSpec(_) => Reason::InvalidSpec,
+            ProviderError::Transport { .. } => Reason::ProviderUnreachable,
             ProviderError::Rejected { status: 401, .. }
-            | ProviderError::Rejected { status: 403, .. } => "Unauthorized",
-            ProviderError::Rejected { .. } | ProviderError::BadResponse { .. } => {
-                "TokenRequestFailed"
-            }
+            | ProviderError::Rejected { status: 403, .. } => Reason::Unauthorized,
+            ProviderError::Rejected { status: 429, .. } => Reason::RateLimited,
+            ProviderError::Rejected { .. } => Reason::TokenRequestFailed,
+            ProviderError::BadResponse { .. } => Reason::InvalidTokenResponse,
         }
+    }
+
+    /// The provider's `Retry-After`, when it sent one.
+    pub fn retry_after(&self) -> Option<jiff::SignedDuration> {
+        match self {
+            ProviderError::Rejected { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the request timed out (or could not connect): the next attempt uses a shorter
+    /// timeout.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ProviderError::Transport { .. })
     }
 
     /// Whether the provider answered that the refresh token is no longer good (HTTP 400/401
@@ -126,6 +146,25 @@ pub fn http_client(
         builder = builder.add_root_certificate(cert.clone());
     }
     builder.build()
+}
+
+/// A `Retry-After` header (RFC 9110 10.2.3): seconds, or an HTTP date, relative to `now`.
+pub(crate) fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: Timestamp,
+) -> Option<jiff::SignedDuration> {
+    let text = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(jiff::SignedDuration::from_secs(
+            i64::try_from(secs).unwrap_or(i64::MAX),
+        ));
+    }
+    let at = jiff::fmt::rfc2822::parse(text).ok()?.timestamp();
+    Some(at.duration_since(now))
 }
 
 /// Read a response body, refusing one larger than [`declarative::MAX_RESPONSE_BYTES`].
@@ -216,7 +255,9 @@ pub fn jwt_exp(jwt: &str) -> Option<Timestamp> {
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?;
     let secs = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
-    Timestamp::from_second(secs).ok()
+    Timestamp::from_second(secs)
+        .ok()
+        .or_else(|| (secs > 0).then_some(Timestamp::MAX))
 }
 
 /// A number of seconds that may arrive as a JSON number or a string (`"1200"`).
@@ -247,6 +288,28 @@ pub(crate) mod tests {
         assert_eq!(jwt_exp(&jwt), Timestamp::from_second(1_700_000_000).ok());
         assert_eq!(jwt_exp("not-a-jwt"), None);
         assert_eq!(jwt_exp("a.b.c"), None);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_a_date() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert("retry-after", "120".parse().unwrap());
+        assert_eq!(
+            retry_after(&h, now),
+            Some(jiff::SignedDuration::from_secs(120))
+        );
+        h.insert(
+            "retry-after",
+            "Tue, 14 Nov 2023 22:15:20 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&h, now),
+            Some(jiff::SignedDuration::from_secs(120))
+        );
+        h.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
     }
 
     #[test]
@@ -288,7 +351,7 @@ pub(crate) mod tests {
             "https://auth.dronetag.app.evil.example/",
         ] {
             let err = check_url(refused, &egress).unwrap_err();
-            assert_eq!(err.reason(), "HostNotAllowed", "{refused}");
+            assert_eq!(err.reason(), Reason::HostNotAllowed, "{refused}");
         }
     }
 
@@ -298,11 +361,13 @@ pub(crate) mod tests {
             url: "u".into(),
             status,
             detail: detail.map(String::from),
+            retry_after: None,
         };
         assert!(e(401, None).is_rejected_grant());
         assert!(e(400, Some("invalid_grant: Token is not active")).is_rejected_grant());
         assert!(!e(400, Some("invalid_request")).is_rejected_grant());
         assert!(!e(500, None).is_rejected_grant());
-        assert_eq!(e(401, None).reason(), "Unauthorized");
+        assert_eq!(e(401, None).reason(), Reason::Unauthorized);
+        assert_eq!(e(429, None).reason(), Reason::RateLimited);
     }
 }

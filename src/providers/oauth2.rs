@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::renewal::add_secs;
 use base64::Engine;
-use jiff::SignedDuration;
 use serde::Deserialize;
 
 use super::{Grant, ProviderError, Request, check_url, jwt_exp, seconds_value};
@@ -179,6 +179,7 @@ pub async fn token_endpoint(
             url,
             status: status.as_u16(),
             detail: Some("OIDC discovery failed".into()),
+            retry_after: super::retry_after(response.headers(), crate::renewal::now()),
         });
     }
     let doc: Discovery = response
@@ -226,8 +227,12 @@ pub async fn fetch(
     if let Some(basic) = &form.basic {
         request = request.header(reqwest::header::AUTHORIZATION, basic.expose());
     }
+    if let Some(timeout) = req.timeout {
+        request = request.timeout(timeout);
+    }
     let response = request.send().await.map_err(|e| transport(&url_text, e))?;
     let status = response.status();
+    let retry_after = super::retry_after(response.headers(), crate::renewal::now());
     let bytes = super::read_capped(response, &url_text).await?;
     if !status.is_success() {
         let detail = serde_json::from_slice::<ErrorResponse>(&bytes)
@@ -245,6 +250,7 @@ pub async fn fetch(
             url: url_text,
             status: status.as_u16(),
             detail,
+            retry_after,
         });
     }
     let parsed: TokenResponse =
@@ -260,11 +266,12 @@ pub async fn fetch(
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no access_token in the response"))?;
-    let now = req.now;
+    // lifetimes count from when the answer arrived, not from when the request started
+    let now = crate::renewal::now();
     let expires_at = match &parsed.expires_in {
         Some(v) => Some(
             seconds_value(v)
-                .map(|s| now + SignedDuration::from_secs(s))
+                .map(|s| add_secs(now, s))
                 .ok_or_else(|| bad("expires_in is not a number of seconds"))?,
         ),
         None => jwt_exp(&access_token),
@@ -272,7 +279,7 @@ pub async fn fetch(
     let refresh_expires_at = match parsed.refresh_expires_in.as_ref().and_then(seconds_value) {
         // Keycloak sends 0 for offline tokens that do not expire
         Some(0) | None => None,
-        Some(s) => Some(now + SignedDuration::from_secs(s)),
+        Some(s) => Some(add_secs(now, s)),
     };
     let refresh_token = parsed.refresh_token.filter(|t| !t.is_empty());
     Ok(Token {

@@ -1,0 +1,329 @@
+//! Execute: carry a [`Plan`] out, in a fixed order, and record the result.
+//!
+//! Write order, and why: (1) the state Secret, as soon as a provider answered, so that a token
+//! or a rotated refresh token is stored before anything else can fail; (2) the output Secret,
+//! created when it does not exist (never taken over) and otherwise updated only at the
+//! resourceVersion it was read at; (3) the status; (4) the events. A crash between (1) and (2)
+//! leaves a newer token in the state than in the output: the next reconcile writes it out
+//! without asking the provider again. The remaining window is a kill between the provider's
+//! answer and (1): the chart's termination grace period exceeds the request timeout so a normal
+//! shutdown always finishes it; only a SIGKILL inside that window loses a rotated refresh token.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::plan::{self, AfterError, Attempt, Failed, Plan, Writes};
+use super::reconcile::Reconcile;
+use super::state::State;
+use super::{Error, output, status};
+use crate::crd::{ProviderCredential, ProviderCredentialStatus};
+use crate::providers::{self, Grant, ProviderError, Request};
+use crate::reason::Reason;
+use crate::renewal;
+use crate::token::Token;
+
+use super::gather::Snapshot;
+
+/// After a timeout, the next attempt gives up after this long at most.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request holds its concurrency slot at most this long; a slower one (a hung provider)
+/// goes on without it, so it never keeps healthy renewals waiting.
+const SLOT_HOLD: Duration = Duration::from_secs(5);
+
+impl Reconcile<'_> {
+    /// Gather, plan, execute.
+    pub(super) async fn run(&self) -> Result<Action, Error> {
+        let snap = super::gather::gather(self.ctx, &self.secrets, self.pc.clone()).await?;
+        let now = renewal::now();
+        match plan::plan(&snap, now) {
+            Plan::Wait { until, status } => {
+                if let Some(status) = status {
+                    self.write_status(*status).await?;
+                }
+                let mut state = snap
+                    .state_secret
+                    .as_ref()
+                    .map(State::read)
+                    .unwrap_or_default();
+                let inputs = snap.inputs.clone().unwrap_or_default();
+                let upstream = snap.upstream.clone().and_then(Result::ok);
+                if self.revoke_due(&mut state, &inputs, upstream).await {
+                    self.apply_state(&state).await?;
+                }
+                Ok(requeue_at(plan::next_wake(until, &state), now))
+            }
+            Plan::Write(writes) => self.write(&snap, *writes).await,
+            Plan::Fail(failed) => self.fail(&snap, failed).await,
+            Plan::Fetch(attempt) => self.fetch_and_write(&snap, *attempt).await,
+        }
+    }
+
+    async fn fetch_and_write(
+        &self,
+        snap: &Snapshot,
+        mut attempt: Attempt,
+    ) -> Result<Action, Error> {
+        loop {
+            let error = match self.fetch(snap, &attempt).await {
+                Ok(token) => {
+                    return match plan::on_token(snap, &attempt, token) {
+                        Ok(writes) => {
+                            info!(
+                                fingerprint = %writes.fingerprint,
+                                why = ?attempt.why,
+                                grant = grant_name(&attempt.grant),
+                                next = %writes.wake,
+                                "token received"
+                            );
+                            self.write(snap, writes).await
+                        }
+                        Err(failed) => self.fail(snap, failed).await,
+                    };
+                }
+                Err(e) => e,
+            };
+            match plan::on_error(snap, attempt, &error) {
+                AfterError::Retry(next) => {
+                    // the dead refresh token is dropped for good before the primary grant runs
+                    self.apply_state(&next.state).await?;
+                    warn!("refresh token rejected; falling back to the primary grant");
+                    attempt = *next;
+                }
+                AfterError::Fail(failed) => return self.fail(snap, failed).await,
+            }
+        }
+    }
+
+    /// One token request, holding a concurrency slot while it is quick: credentials already
+    /// failing share a budget of their own, and a slow request gives its slot up.
+    async fn fetch(&self, snap: &Snapshot, attempt: &Attempt) -> Result<Token, ProviderError> {
+        let Ok(http) = &snap.http else {
+            // the planner only plans a request when the client is there
+            return Err(ProviderError::InvalidSpec(
+                "no HTTP client for this credential".into(),
+            ));
+        };
+        let failing = snap
+            .pc
+            .status
+            .as_ref()
+            .is_some_and(|s| s.last_failure.is_some());
+        let slots = if failing {
+            &self.ctx.slots.failing
+        } else {
+            &self.ctx.slots.healthy
+        };
+        let permit = slots.acquire().await.ok();
+        let inputs = snap.inputs.clone().unwrap_or_default();
+        let request = Request {
+            spec: &snap.pc.spec,
+            inputs: &inputs,
+            grant: attempt.grant.clone(),
+            now: renewal::now(),
+            egress: &self.ctx.egress,
+            upstream: snap.upstream.clone().and_then(Result::ok),
+            timeout: attempt
+                .shorter_timeout
+                .then(|| self.ctx.config.request_timeout.min(SHORT_TIMEOUT)),
+        };
+        let started = std::time::Instant::now();
+        let request_done = providers::fetch(http, &request);
+        tokio::pin!(request_done);
+        let result = tokio::select! {
+            r = &mut request_done => r,
+            _ = tokio::time::sleep(SLOT_HOLD) => {
+                drop(permit);
+                request_done.await
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.reason().as_str(),
+        };
+        self.ctx.metrics.token_request(
+            providers::kind(&snap.pc.spec),
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    /// Carry out `writes` in their order: state, output, status, events.
+    async fn write(&self, snap: &Snapshot, writes: Writes) -> Result<Action, Error> {
+        if let Some(state) = &writes.state {
+            self.apply_state(state).await?;
+        }
+        if let Err(failed) = self.write_output(&writes).await? {
+            return self.fail(snap, failed).await;
+        }
+        self.write_status(writes.status).await?;
+        for (type_, reason, note) in writes.events {
+            self.event(type_, reason, note).await;
+        }
+        let mut state = match writes.state {
+            Some(state) => state,
+            None => snap
+                .state_secret
+                .as_ref()
+                .map(State::read)
+                .unwrap_or_default(),
+        };
+        let inputs = snap.inputs.clone().unwrap_or_default();
+        if self
+            .revoke_due(
+                &mut state,
+                &inputs,
+                snap.upstream.clone().and_then(Result::ok),
+            )
+            .await
+        {
+            self.apply_state(&state).await?;
+        }
+        let now = renewal::now();
+        Ok(requeue_at(plan::next_wake(writes.wake, &state), now))
+    }
+
+    /// Create the output Secret, or update it at the version it was read at. A Secret that
+    /// appeared in the meantime is never taken over; one the apiserver refuses is a failure.
+    async fn write_output(&self, writes: &Writes) -> Result<Result<(), Failed>, Error> {
+        let name = writes.output.name_any();
+        let result = match &writes.output_version {
+            None => self
+                .secrets
+                .create(&PostParams::default(), &writes.output)
+                .await
+                .map(drop),
+            Some(version) => {
+                let mut secret = writes.output.clone();
+                secret.metadata.resource_version = Some(version.clone());
+                self.secrets
+                    .patch(
+                        &name,
+                        &PatchParams::apply(output::MANAGER).force(),
+                        &Patch::Apply(&secret),
+                    )
+                    .await
+                    .map(drop)
+            }
+        };
+        match result {
+            Ok(()) => Ok(Ok(())),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(Failed::new(
+                Reason::SecretOwnedElsewhere,
+                format!(
+                    "Secret {name:?} was created or changed by another writer meanwhile; the token is kept in the state Secret and written once the Secret is this credential's"
+                ),
+            ))),
+            Err(kube::Error::Api(s)) if matches!(s.code, 400 | 413 | 422) => Ok(Err(Failed::new(
+                Reason::SecretWriteFailed,
+                format!(
+                    "the apiserver refused Secret {name:?}: {}; the token is kept in the state Secret",
+                    s.message
+                ),
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Record a failure: `Ready=False` with the reason, an event, and a retry after the backoff
+    /// (or the provider's Retry-After). The token in place, if any, stays.
+    pub(super) async fn fail(&self, snap: &Snapshot, failed: Failed) -> Result<Action, Error> {
+        let Failed {
+            reason,
+            message,
+            retry_after,
+            state,
+        } = failed;
+        if let Some(state) = &state {
+            self.apply_state(state).await?;
+        }
+        warn!(reason = %reason, detail = %message, "token not refreshed");
+        self.ctx.metrics.reconcile_error(reason.as_str());
+        let now = renewal::now();
+        let prev = self.pc.status.clone().unwrap_or_default();
+        let next = status::failure(
+            &prev,
+            &snap.source,
+            reason,
+            message.clone(),
+            retry_after,
+            now,
+        );
+        let at = next.next_attempt_at.as_ref().map_or(now, |t| t.0);
+        self.write_status(next).await?;
+        self.event(EventType::Warning, reason, message).await;
+        Ok(requeue_at(at, now))
+    }
+
+    pub(super) async fn apply_state(&self, state: &State) -> Result<(), Error> {
+        let secret = state.build(&self.pc);
+        self.secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::apply(output::MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Write the status when it differs from the one in place.
+    pub(super) async fn write_status(&self, next: ProviderCredentialStatus) -> Result<(), Error> {
+        if self.pc.status.as_ref() == Some(&next) {
+            return Ok(());
+        }
+        let api: kube::Api<ProviderCredential> = kube::Api::namespaced(
+            self.ctx.client.clone(),
+            &self.pc.namespace().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "apiVersion": ProviderCredential::api_version(&()),
+            "kind": ProviderCredential::kind(&()),
+            "status": next,
+        });
+        api.patch_status(
+            &self.pc.name_any(),
+            &PatchParams::apply(output::MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn event(&self, type_: EventType, reason: Reason, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.as_str().into(),
+            note: Some(note),
+            action: reason.action().into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.pc.object_ref(&()))
+            .await
+        {
+            warn!(%error, "could not publish event");
+        }
+    }
+}
+
+fn grant_name(grant: &Grant) -> &'static str {
+    match grant {
+        Grant::Primary => "primary",
+        Grant::Refresh(_) => "refresh",
+    }
+}
+
+/// Requeue at `at`, at least a second from now.
+pub(super) fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
+    let wait = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
+    Action::requeue(wait.max(Duration::from_secs(1)))
+}

@@ -1,0 +1,202 @@
+//! Gather: read everything a reconcile decides on into one [`Snapshot`] (the credential, its
+//! inputs, output and state Secrets, the upstream credential's token, the CA bundle). The
+//! planner then decides without I/O.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::state::{self, State};
+use super::{Context, Error};
+use crate::crd::ProviderCredential;
+use crate::providers::Upstream;
+use crate::reason::Reason;
+use crate::renewal::{self, Source};
+use crate::token::Inputs;
+
+/// Everything one reconcile decides on, read at its start.
+pub struct Snapshot {
+    pub pc: Arc<ProviderCredential>,
+    /// What a token would be obtained from now.
+    pub source: Source,
+    pub output: Option<Secret>,
+    pub inputs: Option<Inputs>,
+    pub state_secret: Option<Secret>,
+    /// The upstream credential's live token, when the spec names one.
+    pub upstream: Option<Result<Upstream, String>>,
+    /// The HTTP client for this credential (trusting its CA bundle), or why there is none.
+    pub http: Result<reqwest::Client, (Reason, String)>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("credential", &self.pc.name_any())
+            .field("source", &self.source)
+            .field("output", &self.output.is_some())
+            .field("inputs", &self.inputs.is_some())
+            .field("state", &self.state_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 prefix of a Secret's data (keys and values, not its metadata): label and
+/// annotation edits by Argo CD or Reloader do not count as new inputs.
+pub fn inputs_hash(secret: &Secret) -> String {
+    let mut entries: Vec<(&String, &[u8])> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k, v.0.as_slice()))
+        .chain(
+            secret
+                .string_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k, v.as_bytes())),
+        )
+        .collect();
+    entries.sort();
+    let mut hasher = Sha256::new();
+    for (k, v) in entries {
+        for part in [k.as_bytes(), v] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub async fn gather(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    pc: Arc<ProviderCredential>,
+) -> Result<Snapshot, Error> {
+    let spec = &pc.spec;
+    let output = secrets.get_opt(&spec.output.secret_name).await?;
+    let inputs_secret = secrets.get_opt(&spec.inputs.secret_name).await?;
+    let state_secret = secrets.get_opt(&state::name(&pc.name_any())).await?;
+    let upstream = upstream(secrets, &pc).await?;
+    let http = http_client(ctx, secrets, &pc).await?;
+    let source = super::plan::source(&pc, inputs_secret.as_ref().map(inputs_hash));
+    Ok(Snapshot {
+        source,
+        output,
+        inputs: inputs_secret.as_ref().map(Inputs::from_secret),
+        state_secret,
+        upstream,
+        http,
+        pc,
+    })
+}
+
+/// The upstream credential's current token, when the spec names one.
+pub(super) async fn upstream(
+    secrets: &Api<Secret>,
+    pc: &ProviderCredential,
+) -> Result<Option<Result<Upstream, String>>, Error> {
+    let Some(up) = pc.spec.http.as_ref().and_then(|h| h.upstream.as_ref()) else {
+        return Ok(None);
+    };
+    let name = &up.provider_credential;
+    let now = renewal::now();
+    let state = secrets
+        .get_opt(&state::name(name))
+        .await?
+        .map(|s| State::read(&s));
+    let live = state.and_then(|s| {
+        let alive = s.expires_at.is_none_or(|e| e > now);
+        Some(Upstream {
+            value: s.token.filter(|_| alive)?,
+            token_type: s.token_type.unwrap_or_else(|| "Bearer".into()),
+        })
+    });
+    Ok(Some(live.ok_or_else(|| {
+        format!("ProviderCredential {name:?} named in spec.http.upstream has no valid token yet")
+    })))
+}
+
+/// The HTTP client for this credential: the shared one, or one that also trusts the CA bundle
+/// named in `spec.tls`.
+async fn http_client(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    pc: &ProviderCredential,
+) -> Result<Result<reqwest::Client, (Reason, String)>, Error> {
+    let Some(tls) = &pc.spec.tls else {
+        return Ok(Ok(ctx.http.clone()));
+    };
+    let ns = pc.namespace().unwrap_or_default();
+    let (what, r, pem) = match (&tls.ca_bundle_secret, &tls.ca_bundle_config_map) {
+        (Some(r), _) => {
+            let secret = secrets.get_opt(&r.name).await?;
+            let pem = secret.and_then(|s| s.data?.remove(&r.key)).map(|b| b.0);
+            ("Secret", r, pem)
+        }
+        (None, Some(r)) => {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            let cm = api.get_opt(&r.name).await?;
+            let pem = cm
+                .and_then(|c| c.data?.remove(&r.key))
+                .map(String::into_bytes);
+            ("ConfigMap", r, pem)
+        }
+        (None, None) => return Ok(Ok(ctx.http.clone())),
+    };
+    let (name, key) = (&r.name, &r.key);
+    let Some(pem) = pem else {
+        return Ok(Err((
+            Reason::CABundleNotFound,
+            format!("{what} {name:?} with key {key:?} (spec.tls) not found in namespace {ns:?}"),
+        )));
+    };
+    Ok(ctx.http_with_ca(&pem).map_err(|e| {
+        (
+            Reason::InvalidSpec,
+            format!("spec.tls: {what} {name:?} key {key:?}: {e}"),
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// Defect 13: only the data counts, not labels, annotations or the resourceVersion.
+    #[test]
+    fn inputs_hash_is_of_the_data_only() {
+        let a = secret(&[("client_id", "x"), ("client_secret", "y")]);
+        let mut b = a.clone();
+        b.metadata.resource_version = Some("999".into());
+        b.metadata.labels = Some([("argocd.argoproj.io/instance".into(), "x".into())].into());
+        b.metadata.annotations = Some([("reloader".into(), "1".into())].into());
+        assert_eq!(inputs_hash(&a), inputs_hash(&b));
+        assert_ne!(
+            inputs_hash(&a),
+            inputs_hash(&secret(&[("client_id", "x"), ("client_secret", "z")]))
+        );
+        // no ambiguity between keys and values
+        assert_ne!(
+            inputs_hash(&secret(&[("ab", "c")])),
+            inputs_hash(&secret(&[("a", "bc")]))
+        );
+        assert_eq!(inputs_hash(&a).len(), 16);
+    }
+}

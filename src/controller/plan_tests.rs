@@ -1,0 +1,649 @@
+//! Table tests of the planner over a fake clock: a simulated vendor answers every request the
+//! plan makes, the writes are folded back into the snapshot as the apiserver would hold them,
+//! and the clock jumps to the next wake-up. No apiserver, no sleeping.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+use crate::crd::{
+    GrantType, InputsRef, OAuth2Spec, OutputSpec, ProviderCredential, ProviderCredentialSpec,
+    RefreshPolicy,
+};
+use crate::providers::ProviderError;
+use crate::renewal::{MAX_DURATION, MIN_RENEW_INTERVAL, add_secs};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn client() -> reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new).clone()
+}
+
+fn credential(grant_type: GrantType) -> ProviderCredential {
+    let mut pc = ProviderCredential::new(
+        "vendor",
+        ProviderCredentialSpec {
+            inputs: InputsRef {
+                secret_name: "vendor-inputs".into(),
+                keys: Default::default(),
+            },
+            oauth2: Some(OAuth2Spec {
+                token_url: Some("https://auth.example/token".into()),
+                issuer_url: None,
+                grant_type,
+                scopes: vec![],
+                audience: None,
+                client_authentication: Default::default(),
+                extra_params: Default::default(),
+            }),
+            http: None,
+            output: OutputSpec {
+                secret_name: "vendor-token".into(),
+                labels: Default::default(),
+                annotations: Default::default(),
+                keys: Default::default(),
+            },
+            refresh: None,
+            tls: None,
+        },
+    );
+    pc.metadata.namespace = Some("ns".into());
+    pc.metadata.uid = Some("uid-1".into());
+    pc.metadata.generation = Some(1);
+    pc
+}
+
+fn inputs() -> Inputs {
+    [
+        ("client_id", "id"),
+        ("client_secret", "secret-value"),
+        ("username", "pilot"),
+        ("password", "password-value"),
+        ("code", "one-time-code"),
+        ("redirect_uri", "https://app.example/cb"),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn snapshot(pc: ProviderCredential) -> Snapshot {
+    Snapshot {
+        source: source(&pc, Some("h1".into())),
+        pc: Arc::new(pc),
+        output: None,
+        inputs: Some(inputs()),
+        state_secret: None,
+        upstream: None,
+        http: Ok(client()),
+    }
+}
+
+/// A token as a provider answers it at `arrived`.
+fn token(
+    arrived: Timestamp,
+    expires: Option<Timestamp>,
+    refresh: Option<(&str, Timestamp)>,
+) -> Token {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Token {
+        value: SecretValue::new(format!("token-{n}")),
+        token_type: "Bearer".into(),
+        issued_at: arrived,
+        expires_at: expires,
+        refresh_token: refresh.map(|(v, _)| SecretValue::new(format!("{v}-{n}"))),
+        refresh_expires_at: refresh.map(|(_, d)| d),
+        scope: None,
+        kept: BTreeMap::new(),
+    }
+}
+
+/// Fold what the executor would write back into the snapshot, as the apiserver would hold it.
+fn apply(snap: &mut Snapshot, writes: &Writes) {
+    let mut pc = (*snap.pc).clone();
+    if let Some(state) = &writes.state {
+        let mut secret = state.build(&pc);
+        secret.metadata.owner_references = pc.controller_owner_ref(&()).map(|o| vec![o]);
+        snap.state_secret = Some(secret);
+    }
+    let mut out = writes.output.clone();
+    out.metadata.resource_version = Some("2".into());
+    snap.output = Some(out);
+    pc.status = Some(writes.status.clone());
+    snap.pc = Arc::new(pc);
+}
+
+fn apply_failure(snap: &mut Snapshot, failed: &Failed, now: Timestamp) {
+    let mut pc = (*snap.pc).clone();
+    if let Some(state) = &failed.state {
+        snap.state_secret = Some(state.build(&pc));
+    }
+    let prev = pc.status.clone().unwrap_or_default();
+    pc.status = Some(status::failure(
+        &prev,
+        &snap.source,
+        failed.reason,
+        failed.message.clone(),
+        failed.retry_after,
+        now,
+    ));
+    snap.pc = Arc::new(pc);
+}
+
+use kube::Resource;
+
+/// What a simulated run saw.
+#[derive(Debug, Default)]
+struct Run {
+    /// When each token request was made, and with which grant.
+    requests: Vec<(Timestamp, &'static str, renewal::Reason)>,
+    failures: Vec<(Timestamp, Reason)>,
+    /// Output Secret samples (at every step) holding an expired token.
+    expired_samples: usize,
+}
+
+/// Run the planner from `start` for `seconds`, answering each request with `vendor(now, grant)`.
+fn simulate(
+    snap: &mut Snapshot,
+    start: Timestamp,
+    seconds: i64,
+    mut vendor: impl FnMut(Timestamp, &Grant) -> Result<Token, ProviderError>,
+) -> Run {
+    let mut run = Run::default();
+    let mut now = start;
+    let end = add_secs(start, seconds);
+    let mut steps = 0;
+    while now < end {
+        steps += 1;
+        assert!(steps < 100_000, "the planner did not advance the clock");
+        if let Some(out) = snap.output.as_ref().and_then(output::current)
+            && out.expires_at.is_some_and(|e| e <= now)
+        {
+            run.expired_samples += 1;
+        }
+        let next = match plan(snap, now) {
+            Plan::Wait { until, status } => {
+                if let Some(status) = status {
+                    let mut pc = (*snap.pc).clone();
+                    pc.status = Some(*status);
+                    snap.pc = Arc::new(pc);
+                }
+                until
+            }
+            Plan::Write(writes) => {
+                apply(snap, &writes);
+                writes.wake
+            }
+            Plan::Fail(failed) => {
+                run.failures.push((now, failed.reason));
+                apply_failure(snap, &failed, now);
+                snap.pc
+                    .status
+                    .as_ref()
+                    .unwrap()
+                    .next_attempt_at
+                    .clone()
+                    .unwrap()
+                    .0
+            }
+            Plan::Fetch(mut attempt) => loop {
+                let grant = match attempt.grant {
+                    Grant::Primary => "primary",
+                    Grant::Refresh(_) => "refresh",
+                };
+                run.requests.push((now, grant, attempt.why));
+                match vendor(now, &attempt.grant) {
+                    Ok(token) => match on_token(snap, &attempt, token) {
+                        Ok(writes) => {
+                            apply(snap, &writes);
+                            break writes.wake;
+                        }
+                        Err(failed) => {
+                            run.failures.push((now, failed.reason));
+                            apply_failure(snap, &failed, now);
+                            break snap
+                                .pc
+                                .status
+                                .as_ref()
+                                .unwrap()
+                                .next_attempt_at
+                                .clone()
+                                .unwrap()
+                                .0;
+                        }
+                    },
+                    Err(e) => match on_error(snap, *attempt, &e) {
+                        AfterError::Retry(next) => attempt = next,
+                        AfterError::Fail(failed) => {
+                            run.failures.push((now, failed.reason));
+                            apply_failure(snap, &failed, now);
+                            break snap
+                                .pc
+                                .status
+                                .as_ref()
+                                .unwrap()
+                                .next_attempt_at
+                                .clone()
+                                .unwrap()
+                                .0;
+                        }
+                    },
+                }
+            },
+        };
+        // the executor requeues at least a second later; the controller's own writes wake it
+        // too, which is a plan at the same instant
+        now = next.max(add_secs(now, 1));
+    }
+    run
+}
+
+/// The most requests inside any window of `window` seconds.
+fn peak(requests: &[(Timestamp, &'static str, renewal::Reason)], window: i64) -> usize {
+    requests
+        .iter()
+        .map(|(at, ..)| {
+            requests
+                .iter()
+                .filter(|(b, ..)| *b >= *at && *b < add_secs(*at, window))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Defects 1 and 3: absurd, negative, zero and past lifetimes never panic and never make a
+/// credential renew in a hot loop while it reports Ready.
+#[test]
+fn hostile_lifetimes_never_crash_or_loop() {
+    type Vendor = fn(Timestamp) -> Option<Timestamp>;
+    let cases: [(&str, Vendor, usize); 6] = [
+        ("expires_in 1e15", |now| Some(add_secs(now, 1e15 as i64)), 1),
+        ("expires_in i64::MAX", |_| Some(Timestamp::MAX), 1),
+        ("expires_in 0", |now| Some(now), 0),
+        ("expires_in -30", |now| Some(add_secs(now, -30)), 0),
+        ("epochSeconds in the past", |_| Some(t(-86400)), 0),
+        ("expires in 3 s", |now| Some(add_secs(now, 3)), 0),
+    ];
+    for (what, expiry, successes) in cases {
+        let mut snap = snapshot(credential(GrantType::ClientCredentials));
+        let run = simulate(&mut snap, t(0), 600, |now, _| {
+            Ok(token(now, expiry(now), None))
+        });
+        // failing answers back off: 5, 10, 20, 40, 80, 160, 300 s ... about 8 in 10 minutes
+        assert!(
+            run.requests.len() <= 10,
+            "{what}: {} requests in 10 minutes",
+            run.requests.len()
+        );
+        assert!(
+            peak(&run.requests, 60) <= 4,
+            "{what}: peak {}",
+            peak(&run.requests, 60)
+        );
+        let ready = status::ready_condition(snap.pc.status.as_ref().unwrap()).unwrap();
+        if successes == 0 {
+            assert_eq!(ready.status, "False", "{what}");
+            assert_eq!(ready.reason, "InvalidTokenResponse", "{what}");
+            assert!(snap.output.is_none(), "{what}: a bad token was written");
+        } else {
+            assert_eq!(ready.status, "True", "{what}");
+            assert_eq!(run.requests.len(), 1, "{what}");
+            // clamped to the cap
+            let expires = snap
+                .pc
+                .status
+                .as_ref()
+                .unwrap()
+                .expires_at
+                .clone()
+                .unwrap()
+                .0;
+            assert!(
+                expires <= renewal::add(t(0), MAX_DURATION),
+                "{what}: {expires}"
+            );
+        }
+    }
+}
+
+/// Defect 1: a clamped lifetime says so with a Warning event.
+#[test]
+fn a_clamped_lifetime_warns() {
+    let snap = snapshot(credential(GrantType::ClientCredentials));
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!("a missing token is fetched")
+    };
+    let writes = on_token(&snap, &attempt, token(t(0), Some(Timestamp::MAX), None)).unwrap();
+    assert!(
+        writes
+            .events
+            .iter()
+            .any(|(ty, r, _)| *ty == EventType::Warning && *r == Reason::LifetimeClamped),
+        "{:?}",
+        writes.events
+    );
+}
+
+/// Defect 3: the other hot loops seen while Ready: a refresh token shorter than the access token,
+/// a 0 s fallback interval for a token without expiry.
+#[test]
+fn healthy_credentials_renew_once_per_lifetime() {
+    // (what, grant type, policy, access lifetime, refresh lifetime, max requests in 10 minutes)
+    let zero_fallback = RefreshPolicy {
+        fallback_interval: Some("0s".into()),
+        ..Default::default()
+    };
+    let cases = [
+        (
+            "refresh 60 s, access 300 s",
+            GrantType::Password,
+            None,
+            Some(300),
+            Some(60),
+            3,
+        ),
+        (
+            "no expiry, fallback 0s",
+            GrantType::ClientCredentials,
+            Some(zero_fallback),
+            None,
+            None,
+            11,
+        ),
+        (
+            "access 20 s",
+            GrantType::ClientCredentials,
+            None,
+            Some(20),
+            None,
+            47,
+        ),
+        (
+            "password, rotating refresh",
+            GrantType::Password,
+            None,
+            Some(60),
+            Some(1800),
+            16,
+        ),
+    ];
+    for (what, grant, policy, access, refresh, max) in cases {
+        let mut pc = credential(grant);
+        pc.spec.refresh = policy;
+        let mut snap = snapshot(pc);
+        let run = simulate(&mut snap, t(0), 600, |now, _| {
+            Ok(token(
+                now,
+                access.map(|a| add_secs(now, a)),
+                refresh.map(|r| ("rt", add_secs(now, r))),
+            ))
+        });
+        assert!(run.failures.is_empty(), "{what}: {:?}", run.failures);
+        assert!(
+            run.requests.len() <= max,
+            "{what}: {} requests in 10 minutes: {:?}",
+            run.requests.len(),
+            run.requests
+        );
+        for pair in run.requests.windows(2) {
+            let gap = pair[1].0.duration_since(pair[0].0);
+            assert!(
+                gap >= MIN_RENEW_INTERVAL,
+                "{what}: two requests {gap} apart"
+            );
+        }
+        assert_eq!(
+            run.expired_samples, 0,
+            "{what}: an expired token was served"
+        );
+    }
+}
+
+/// Defect 4: near a Keycloak session's end both tokens are capped at the session end. The
+/// credential logs in again (RefreshTokenExpiring) instead of refreshing again and again.
+#[test]
+fn a_session_end_logs_in_again_without_a_burst() {
+    let session_max = 600;
+    let mut session_end = t(0);
+    let mut snap = snapshot(credential(GrantType::Password));
+    let run = simulate(&mut snap, t(0), 3600, |now, grant| {
+        if matches!(grant, Grant::Primary) {
+            session_end = add_secs(now, session_max);
+        }
+        let left = session_end.duration_since(now).as_secs();
+        if left <= 0 {
+            return Err(ProviderError::Rejected {
+                url: "https://auth.example/token".into(),
+                status: 400,
+                detail: Some("invalid_grant: Session not active".into()),
+                retry_after: None,
+            });
+        }
+        Ok(token(
+            now,
+            Some(add_secs(now, left.min(60))),
+            Some(("rt", add_secs(now, left.min(1800)))),
+        ))
+    });
+    assert!(run.failures.is_empty(), "{:?}", run.failures);
+    assert_eq!(run.expired_samples, 0);
+    let logins: Vec<_> = run.requests.iter().filter(|r| r.1 == "primary").collect();
+    // one login per 10-minute session, each when the refresh token was about to die
+    assert_eq!(logins.len(), 7, "{logins:?}");
+    assert!(
+        logins[1..]
+            .iter()
+            .all(|r| r.2 == renewal::Reason::RefreshTokenExpiring),
+        "{logins:?}"
+    );
+    assert!(peak(&run.requests, 10) <= 2, "a burst: {:?}", run.requests);
+}
+
+/// Defect 8: a request that took 43 s (etcd outage) schedules from when the token arrived.
+#[test]
+fn a_slow_request_schedules_from_the_arrival() {
+    let snap = snapshot(credential(GrantType::ClientCredentials));
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!("a missing token is fetched")
+    };
+    let arrived = t(43);
+    let writes = on_token(
+        &snap,
+        &attempt,
+        token(arrived, Some(add_secs(arrived, 60)), None),
+    )
+    .unwrap();
+    assert_eq!(writes.status.renew_at, Some(Time(t(83))));
+    assert_eq!(writes.wake, t(83));
+    let mut snap = snap;
+    apply(&mut snap, &writes);
+    // the reconcile the controller's own writes trigger finds nothing to do
+    assert!(matches!(plan(&snap, arrived), Plan::Wait { until, .. } if until == t(83)));
+}
+
+/// Defect 10: a 429 with Retry-After: 120 is retried after 120 s, not after 5, 15, 35, 75.
+#[test]
+fn retry_after_is_the_next_attempt() {
+    let mut snap = snapshot(credential(GrantType::ClientCredentials));
+    let run = simulate(&mut snap, t(0), 600, |_, _| {
+        Err(ProviderError::Rejected {
+            url: "https://auth.example/token".into(),
+            status: 429,
+            detail: None,
+            retry_after: Some(SignedDuration::from_secs(120)),
+        })
+    });
+    let times: Vec<i64> = run
+        .requests
+        .iter()
+        .map(|(at, ..)| at.duration_since(t(0)).as_secs())
+        .collect();
+    assert_eq!(times, [0, 120, 240, 360, 480], "{times:?}");
+    assert!(run.failures.iter().all(|(_, r)| *r == Reason::RateLimited));
+    assert_eq!(
+        snap.pc.status.as_ref().unwrap().next_attempt_at,
+        Some(Time(t(600)))
+    );
+}
+
+/// Defect 5: a typo in an output template is found before the authorization code is spent.
+#[test]
+fn a_bad_template_fails_before_any_request() {
+    let mut pc = credential(GrantType::AuthorizationCode);
+    pc.spec.output.keys = [(
+        "auth".to_string(),
+        "{{ token_typ }} {{ token }}".to_string(),
+    )]
+    .into();
+    let snap = snapshot(pc);
+    match plan(&snap, t(0)) {
+        Plan::Fail(f) => {
+            assert_eq!(f.reason, Reason::InvalidSpec);
+            assert!(
+                f.message.starts_with("spec.output.keys.auth"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut pc = credential(GrantType::AuthorizationCode);
+    pc.spec.output.labels = [("bad label!".to_string(), "x".to_string())].into();
+    assert!(matches!(plan(&snapshot(pc), t(0)), Plan::Fail(f) if f.reason == Reason::InvalidSpec));
+}
+
+/// Defect 5 and 6: a token the provider issued is stored in the state first; when the output
+/// write failed, the next reconcile writes that token out instead of requesting another (so
+/// the exchanged code is never needed again).
+#[test]
+fn an_issued_token_is_written_out_not_requested_again() {
+    let mut snap = snapshot(credential(GrantType::AuthorizationCode));
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!("a missing token is fetched")
+    };
+    let tok = token(t(0), Some(t(600)), Some(("rt", t(3600))));
+    let writes = on_token(&snap, &attempt, tok.clone()).unwrap();
+    let state = writes.state.clone().expect("the state is written first");
+    assert_eq!(state.token.as_ref(), Some(&tok.value));
+    assert_eq!(state.refresh_token, tok.refresh_token);
+    // the output write fails (e.g. the apiserver refused it): only the state was stored
+    snap.state_secret = Some(state.build(&snap.pc));
+    apply_failure(
+        &mut snap,
+        &Failed::new(Reason::SecretWriteFailed, "too large"),
+        t(1),
+    );
+    // after the backoff: the stored token is written, nothing is requested
+    match plan(&snap, t(10)) {
+        Plan::Write(w) => {
+            assert!(w.state.is_none());
+            assert_eq!(w.fingerprint, tok.value.fingerprint());
+            assert_eq!(w.output_version, None, "a missing output Secret is created");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Defect 7: a Secret that exists and is not this credential's is never taken over; one that
+/// does not exist is created, never force-applied.
+#[test]
+fn output_ownership() {
+    let mut snap = snapshot(credential(GrantType::ClientCredentials));
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("vendor-token".into());
+    snap.output = Some(foreign);
+    assert!(matches!(plan(&snap, t(0)), Plan::Fail(f) if f.reason == Reason::SecretOwnedElsewhere));
+    let snap = snapshot(credential(GrantType::ClientCredentials));
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!("a missing token is fetched")
+    };
+    let writes = on_token(&snap, &attempt, token(t(0), Some(t(600)), None)).unwrap();
+    assert_eq!(writes.output_version, None);
+}
+
+/// A rejected refresh token falls back to the primary grant once, or, for a spent code, fails
+/// with the state that forgets it.
+#[test]
+fn a_rejected_refresh_token() {
+    let rejected = ProviderError::Rejected {
+        url: "https://auth.example/token".into(),
+        status: 400,
+        detail: Some("invalid_grant: Token is not active".into()),
+        retry_after: None,
+    };
+    for (grant, fallback) in [
+        (GrantType::Password, true),
+        (GrantType::AuthorizationCode, false),
+    ] {
+        let snap = snapshot(credential(grant));
+        let state = State {
+            refresh_token: Some("rt-1".into()),
+            ..Default::default()
+        };
+        let attempt = Attempt {
+            why: renewal::Reason::Due,
+            grant: Grant::Refresh("rt-1".into()),
+            primary_possible: fallback,
+            shorter_timeout: false,
+            state,
+            policy: Policy::default(),
+        };
+        match on_error(&snap, attempt, &rejected) {
+            AfterError::Retry(next) => {
+                assert!(fallback);
+                assert!(matches!(next.grant, Grant::Primary));
+                assert_eq!(next.state.refresh_token, None);
+            }
+            AfterError::Fail(f) => {
+                assert!(!fallback);
+                assert_eq!(f.reason, Reason::RefreshTokenRejected);
+                assert_eq!(f.state.unwrap().refresh_token, None);
+            }
+        }
+    }
+}
+
+/// Defect 13: a new inputs hash renews at once; the same data does not.
+#[test]
+fn only_new_input_data_renews() {
+    let mut snap = snapshot(credential(GrantType::ClientCredentials));
+    let run = simulate(&mut snap, t(0), 30, |now, _| {
+        Ok(token(now, Some(add_secs(now, 600)), None))
+    });
+    assert_eq!(run.requests.len(), 1);
+    assert!(matches!(plan(&snap, t(31)), Plan::Wait { .. }));
+    snap.source.inputs_hash = "h2".into();
+    assert!(
+        matches!(plan(&snap, t(31)), Plan::Fetch(a) if a.why == renewal::Reason::SourceChanged)
+    );
+}
+
+/// Defect 9: after a timeout the next attempt uses a shorter timeout.
+#[test]
+fn after_a_timeout_the_next_attempt_gives_up_sooner() {
+    let mut snap = snapshot(credential(GrantType::ClientCredentials));
+    let unreachable = ProviderError::Transport {
+        url: "https://auth.example/token".into(),
+        reason: "operation timed out".into(),
+    };
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!()
+    };
+    assert!(!attempt.shorter_timeout);
+    let AfterError::Fail(failed) = on_error(&snap, *attempt, &unreachable) else {
+        panic!()
+    };
+    apply_failure(&mut snap, &failed, t(0));
+    let Plan::Fetch(attempt) = plan(&snap, t(5)) else {
+        panic!()
+    };
+    assert!(attempt.shorter_timeout);
+}

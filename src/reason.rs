@@ -1,0 +1,139 @@
+//! Why a credential is in the state it is in: one enum for condition reasons, event reasons,
+//! metric labels and the retry class, so a rename can never split them (Stackable's
+//! `ReconcilerError::category()` is the model). A failure's event has the same reason as the
+//! condition it sets.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    // success
+    /// The first token was written.
+    TokenIssued,
+    /// A token was replaced by a newer one.
+    TokenRenewed,
+    /// A token the provider issued earlier (kept in the state Secret) was written out.
+    TokenRestored,
+    // the spec, the inputs and the objects around them
+    InputsNotFound,
+    InputKeyMissing,
+    InvalidSpec,
+    SecretOwnedElsewhere,
+    NeedsNewInputs,
+    UpstreamNotReady,
+    CABundleNotFound,
+    InsecureURL,
+    HostNotAllowed,
+    /// The operator's RBAC does not allow what it needs.
+    Forbidden,
+    // the provider
+    ProviderUnreachable,
+    Unauthorized,
+    RateLimited,
+    TokenRequestFailed,
+    /// The answer was a success but not usable (no token, an expiry already past, ...).
+    InvalidTokenResponse,
+    RefreshTokenRejected,
+    // warnings that do not fail a renewal
+    /// The provider's lifetime was beyond the cap and was shortened.
+    LifetimeClamped,
+    /// The refresh token is near its deadline: the primary grant runs.
+    RefreshTokenExpiring,
+    // writing
+    /// The apiserver refused to store the output or state Secret.
+    SecretWriteFailed,
+    // revocation and the apiserver
+    TokenRevoked,
+    RevocationFailed,
+    RevocationPending,
+    KubernetesAPI,
+    /// A reconcile panicked; the credential is retried with backoff.
+    InternalError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TokenIssued => "TokenIssued",
+            Reason::TokenRenewed => "TokenRenewed",
+            Reason::TokenRestored => "TokenRestored",
+            Reason::InputsNotFound => "InputsNotFound",
+            Reason::InputKeyMissing => "InputKeyMissing",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::SecretOwnedElsewhere => "SecretOwnedElsewhere",
+            Reason::NeedsNewInputs => "NeedsNewInputs",
+            Reason::UpstreamNotReady => "UpstreamNotReady",
+            Reason::CABundleNotFound => "CABundleNotFound",
+            Reason::InsecureURL => "InsecureURL",
+            Reason::HostNotAllowed => "HostNotAllowed",
+            Reason::Forbidden => "Forbidden",
+            Reason::ProviderUnreachable => "ProviderUnreachable",
+            Reason::Unauthorized => "Unauthorized",
+            Reason::RateLimited => "RateLimited",
+            Reason::TokenRequestFailed => "TokenRequestFailed",
+            Reason::InvalidTokenResponse => "InvalidTokenResponse",
+            Reason::RefreshTokenRejected => "RefreshTokenRejected",
+            Reason::LifetimeClamped => "LifetimeClamped",
+            Reason::RefreshTokenExpiring => "RefreshTokenExpiring",
+            Reason::SecretWriteFailed => "SecretWriteFailed",
+            Reason::TokenRevoked => "TokenRevoked",
+            Reason::RevocationFailed => "RevocationFailed",
+            Reason::RevocationPending => "RevocationPending",
+            Reason::KubernetesAPI => "KubernetesAPI",
+            Reason::InternalError => "InternalError",
+        }
+    }
+
+    /// Whether waiting can cure it (the provider or the apiserver may recover). The others need
+    /// a person to change the spec, the inputs or the cluster; they are still retried, at the
+    /// longest backoff, and at once when the spec or inputs change.
+    pub fn transient(self) -> bool {
+        matches!(
+            self,
+            Reason::ProviderUnreachable
+                | Reason::RateLimited
+                | Reason::TokenRequestFailed
+                | Reason::InvalidTokenResponse
+                | Reason::UpstreamNotReady
+                | Reason::SecretWriteFailed
+                | Reason::RevocationPending
+                | Reason::KubernetesAPI
+                | Reason::InternalError
+        )
+    }
+
+    /// The event action for this reason.
+    pub fn action(self) -> &'static str {
+        match self {
+            Reason::TokenRevoked | Reason::RevocationFailed | Reason::RevocationPending => "Revoke",
+            Reason::TokenIssued | Reason::TokenRenewed | Reason::TokenRestored => "Refresh",
+            _ => "RefreshFailed",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_variant_names() {
+        for r in [
+            Reason::TokenIssued,
+            Reason::InputsNotFound,
+            Reason::CABundleNotFound,
+            Reason::InsecureURL,
+            Reason::KubernetesAPI,
+        ] {
+            assert_eq!(r.as_str(), format!("{r:?}"));
+        }
+        assert!(Reason::ProviderUnreachable.transient());
+        assert!(!Reason::InvalidSpec.transient());
+    }
+}
