@@ -32,8 +32,8 @@ fn jwt_claims(jwt: &str) -> serde_json::Value {
 #[tokio::test]
 async fn dronetag_oidc_password_grant_refresh_and_new_session_before_the_refresh_deadline() {
     let (client, ns, fakes) = setup("dronetag").await;
-    fakes.state.set_lifetime(Vendor::Dronetag, 6);
-    fakes.state.set_refresh_lifetime(Vendor::Dronetag, 16);
+    fakes.state.set_lifetime(Vendor::Dronetag, 12);
+    fakes.state.set_refresh_lifetime(Vendor::Dronetag, 32);
     let log = TokenLog::start(&ns, "dronetag-token", "token");
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example("dronetag-oidc.yaml", &fakes).await;
@@ -75,7 +75,7 @@ async fn dronetag_oidc_password_grant_refresh_and_new_session_before_the_refresh
         "the rotated refresh token was replaced"
     );
 
-    // the session dies 16 s after login: a new password grant comes before that
+    // the session dies 32 s after login: a new password grant comes before that
     eventually("a second session", WAIT, || async {
         (fakes.state.count("dronetag token password") >= 2).then_some(())
     })
@@ -97,7 +97,7 @@ async fn dronetag_oidc_password_grant_refresh_and_new_session_before_the_refresh
 async fn dronetag_pat_is_minted_with_the_oidc_token_and_sent_as_a_header() {
     let (client, ns, fakes) = setup("pat").await;
     fakes.state.set_lifetime(Vendor::Dronetag, 60);
-    fakes.state.set_lifetime(Vendor::DronetagPat, 6);
+    fakes.state.set_lifetime(Vendor::DronetagPat, 12);
     let log = TokenLog::start(&ns, "dronetag-pat-token", "token");
     let operator = Operator::start(&client, &ns.name);
     // the PAT first: it waits for its upstream, then follows as soon as the upstream is ready
@@ -129,7 +129,7 @@ async fn dronetag_pat_is_minted_with_the_oidc_token_and_sent_as_a_header() {
 #[tokio::test]
 async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_condition() {
     let (client, ns, fakes) = setup("aacc").await;
-    fakes.state.set_lifetime(Vendor::AltitudeAngel, 6);
+    fakes.state.set_lifetime(Vendor::AltitudeAngel, 12);
     let log = TokenLog::start(&ns, "altitude-angel-token", "token");
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example("altitude-angel-client-credentials.yaml", &fakes)
@@ -183,7 +183,7 @@ async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_c
 #[tokio::test]
 async fn altitude_angel_user_token_from_a_one_time_code_lives_on_refresh() {
     let (client, ns, fakes) = setup("aauser").await;
-    fakes.state.set_lifetime(Vendor::AltitudeAngel, 6);
+    fakes.state.set_lifetime(Vendor::AltitudeAngel, 12);
     let code = fakes.state.issue_code(Vendor::AltitudeAngel);
     let log = TokenLog::start(&ns, "altitude-angel-user-token", "token");
     let operator = Operator::start(&client, &ns.name);
@@ -249,7 +249,7 @@ async fn altitude_angel_user_token_from_a_one_time_code_lives_on_refresh() {
 #[tokio::test]
 async fn airmap_logs_in_once_then_lives_on_delegation_with_expiry_from_the_jwt() {
     let (client, ns, fakes) = setup("airmap").await;
-    fakes.state.set_lifetime(Vendor::AirMap, 6);
+    fakes.state.set_lifetime(Vendor::AirMap, 12);
     let log = TokenLog::start(&ns, "airmap-token", "token");
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example("airmap.yaml", &fakes).await;
@@ -278,7 +278,7 @@ async fn airmap_logs_in_once_then_lives_on_delegation_with_expiry_from_the_jwt()
 #[tokio::test]
 async fn pix4d_repeats_the_client_credentials_grant_with_token_format_jwt() {
     let (client, ns, fakes) = setup("pix4d").await;
-    fakes.state.set_lifetime(Vendor::Pix4d, 6);
+    fakes.state.set_lifetime(Vendor::Pix4d, 12);
     let log = TokenLog::start(&ns, "pix4d-token", "token");
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example("pix4d-client-credentials.yaml", &fakes)
@@ -303,7 +303,7 @@ async fn pix4d_repeats_the_client_credentials_grant_with_token_format_jwt() {
 #[tokio::test]
 async fn json_login_revokes_replaced_tokens_and_the_last_one_on_delete() {
     let (client, ns, fakes) = setup("jsonlogin").await;
-    fakes.state.set_lifetime(Vendor::JsonLogin, 6);
+    fakes.state.set_lifetime(Vendor::JsonLogin, 12);
     let log = TokenLog::start(&ns, "json-login-token", "token");
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example("json-login-platform.yaml", &fakes).await;

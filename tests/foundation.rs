@@ -22,7 +22,7 @@ const AA_ROUTE: &str = "altitude-angel token client_credentials";
 #[tokio::test]
 async fn token_is_written_with_default_keys_and_owner_and_renewed_before_expiry() {
     let (client, ns, fakes) = setup("cc").await;
-    fakes.state.set_lifetime(Vendor::AltitudeAngel, 6);
+    fakes.state.set_lifetime(Vendor::AltitudeAngel, 12);
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
 
