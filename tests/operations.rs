@@ -3,15 +3,18 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use tokensync::controller::Config;
+use tokensync::controller::{Config, Context};
 use tokensync::crd::ProviderCredential;
+use tokensync::election;
 
 const AA_EXAMPLE: &str = "altitude-angel-client-credentials.yaml";
 const AA: &str = "altitude-angel-client";
@@ -440,6 +443,87 @@ async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplica
         .await;
     log.assert_renewed_before_expiry();
     ns.delete().await;
+}
+
+/// The holder of the Lease `name` in `ns`, if any.
+async fn lease_holder(ns: &TestNs, name: &str) -> Option<String> {
+    let lease = ns.api::<Lease>().get(name).await.unwrap();
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// A leader whose controllers end while it leads (a panic in a reconcile, or the run future
+/// returning) releases the Lease, is no longer ready, exports `tokensync_leader 0` and returns an
+/// error, so the process exits and Kubernetes restarts it.
+async fn a_leader_whose_controllers_end(prefix: &str, panic: bool) {
+    let (client, ns, _fakes) = setup(prefix).await;
+    let config = Config {
+        namespaces: vec![ns.name.clone()],
+        leader_election: true,
+        ..Config::default()
+    };
+    let ctx = Arc::new(Context::new(client, config).unwrap());
+    let lease = election::LeaseConfig {
+        name: "tokensync-leader".into(),
+        namespace: ns.name.clone(),
+        identity: "replica-a".into(),
+        duration_seconds: 15,
+        grace_seconds: 5,
+    };
+    // the controllers' stand-in: synced at once, it ends when told to
+    let end = Arc::new(tokio::sync::Notify::new());
+    let told = end.clone();
+    let start = move |ctx: Arc<Context>, stop: election::Stop| {
+        let told = told.clone();
+        async move {
+            ctx.health.starting(1);
+            ctx.health.synced_one();
+            tokio::select! {
+                _ = stop => {}
+                _ = told.notified() => if panic { panic!("a reconcile panicked") },
+            }
+        }
+    };
+    let (_no_shutdown, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let mut elected = tokio::spawn(election::run_with(
+        ctx.clone(),
+        lease,
+        async {
+            let _ = shutdown.await;
+        },
+        start,
+    ));
+    eventually("replica-a leads, ready", WAIT, || async {
+        let leads = sample(&ctx.metrics.encode(), "tokensync_leader") == Some(1.0);
+        (leads && ctx.health.ready()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        lease_holder(&ns, "tokensync-leader").await.as_deref(),
+        Some("replica-a")
+    );
+
+    end.notify_one();
+    let result = tokio::time::timeout(WAIT, &mut elected)
+        .await
+        .expect("the election returns once the controllers ended")
+        .expect("the election does not panic");
+    let error = result.expect_err("controllers that end are an error");
+    let how = if panic { "panicked" } else { "returned" };
+    assert!(error.to_string().contains(how), "{error}");
+    assert_eq!(lease_holder(&ns, "tokensync-leader").await, None);
+    assert!(!ctx.health.ready());
+    assert_eq!(sample(&ctx.metrics.encode(), "tokensync_leader"), Some(0.0));
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn leader_whose_controllers_panic_releases_the_lease_and_fails() {
+    a_leader_whose_controllers_end("leader-panic", true).await;
+}
+
+#[tokio::test]
+async fn leader_whose_controllers_return_releases_the_lease_and_fails() {
+    a_leader_whose_controllers_end("leader-return", false).await;
 }
 
 #[tokio::test]
