@@ -526,6 +526,82 @@ async fn leader_whose_controllers_return_releases_the_lease_and_fails() {
     a_leader_whose_controllers_end("leader-return", false).await;
 }
 
+/// The per-credential series (name and labels) in a scrape, sorted.
+fn credential_series(scrape: &str) -> Vec<&str> {
+    let mut series: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("tokensync_credential_"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect();
+    series.sort();
+    series
+}
+
+#[tokio::test]
+async fn leader_terms_a_standby_exports_no_credential_series_and_a_new_leader_each_once() {
+    let (client, ns, fakes) = setup("terms").await;
+    let operator = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-a", 5);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_ready(AA, "True", None).await;
+    let id = format!(r#"namespace="{}",name="{AA}""#, ns.name);
+    let mut expected = vec![
+        format!("tokensync_credential_expiration_timestamp_seconds{{{id}}}"),
+        format!("tokensync_credential_renewal_timestamp_seconds{{{id}}}"),
+    ];
+    for condition in ["False", "True", "Unknown"] {
+        expected.push(format!(
+            r#"tokensync_credential_ready_status{{{id},condition="{condition}"}}"#
+        ));
+    }
+    expected.sort();
+    eventually(
+        "the leader exports the credential's series",
+        WAIT,
+        || async { (credential_series(&operator.metrics()) == expected).then_some(()) },
+    )
+    .await;
+
+    // another replica takes the lease: replica-a stands by until that lease runs out
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let steal = serde_json::json!({"spec": {
+        "holderIdentity": "replica-b", "renewTime": now, "leaseDurationSeconds": 5
+    }});
+    ns.api::<Lease>()
+        .patch(
+            "tokensync-leader",
+            &PatchParams::default(),
+            &Patch::Merge(&steal),
+        )
+        .await
+        .unwrap();
+    let standby = eventually("replica-a stands by", WAIT, || async {
+        let scrape = operator.metrics();
+        (sample(&scrape, "tokensync_leader") == Some(0.0)).then_some(scrape)
+    })
+    .await;
+    assert_eq!(
+        credential_series(&standby),
+        Vec::<&str>::new(),
+        "a standby exports per-credential series"
+    );
+
+    // replica-a leads again: each series once, none frozen from the first term
+    eventually("replica-a leads again", WAIT, || async {
+        (sample(&operator.metrics(), "tokensync_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let scrape = eventually("the new leader exports series", WAIT, || async {
+        let scrape = operator.metrics();
+        (!credential_series(&scrape).is_empty()).then_some(scrape)
+    })
+    .await;
+    assert_eq!(credential_series(&scrape), expected);
+    operator.stop().await;
+    ns.delete().await;
+}
+
 #[tokio::test]
 async fn a_slow_provider_times_out_and_the_token_in_place_stays() {
     let (client, ns, fakes) = setup("timeout").await;
