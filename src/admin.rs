@@ -12,11 +12,13 @@ use axum::routing::get;
 use crate::metrics::Metrics;
 
 /// Readiness: the controllers' caches are synced; with leader election, a standby that does
-/// not lead is ready too (it has nothing to sync), and `/readyz` says whether it leads.
+/// not lead is ready too (it has nothing to sync), and `/readyz` says whether it leads. Once the
+/// controllers have stopped for good, never ready.
 #[derive(Debug, Default)]
 pub struct Health {
     electing: AtomicBool,
     leading: AtomicBool,
+    failed: AtomicBool,
     /// Controllers whose cache is not synced yet; `usize::MAX` before any started.
     unsynced: AtomicUsize,
 }
@@ -26,6 +28,7 @@ impl Health {
         Self {
             electing: AtomicBool::new(electing),
             leading: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             unsynced: AtomicUsize::new(usize::MAX),
         }
     }
@@ -45,13 +48,18 @@ impl Health {
             self.unsynced.store(usize::MAX, Ordering::SeqCst);
         }
     }
+    /// The controllers stopped for good (the process is about to exit).
+    pub fn set_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
     pub fn caches_synced(&self) -> bool {
         self.unsynced.load(Ordering::SeqCst) == 0
     }
     pub fn ready(&self) -> bool {
         let electing = self.electing.load(Ordering::SeqCst);
         let leading = self.leading.load(Ordering::SeqCst);
-        (electing && !leading) || self.caches_synced()
+        let failed = self.failed.load(Ordering::SeqCst);
+        !failed && ((electing && !leading) || self.caches_synced())
     }
     fn report(&self) -> serde_json::Value {
         let electing = self.electing.load(Ordering::SeqCst);
@@ -130,5 +138,9 @@ mod tests {
         h.synced_one();
         assert!(h.ready());
         assert_eq!(h.report()["leader"], true);
+        // controllers that stopped for good: not ready, leading or not
+        h.set_leading(false);
+        h.set_failed();
+        assert!(!h.ready());
     }
 }

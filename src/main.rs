@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use tokensync::controller::{self, Config, Context};
 use tokensync::crd::ProviderCredential;
@@ -182,12 +183,26 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
             grace_seconds: (args.lease_duration / 3).max(1),
         };
         if let Err(error) = tokensync::election::run(ctx, lease, shutdown_signal()).await {
-            tracing::error!(%error, "leader election failed");
+            tracing::error!(%error, "exiting");
             return std::process::ExitCode::FAILURE;
         }
     } else {
         ctx.metrics.set_leader(true);
-        controller::run(ctx, shutdown_signal()).await;
+        let shutdown = shutdown_signal().shared();
+        let ended = tokio::spawn(controller::run(ctx.clone(), shutdown.clone())).await;
+        let failed = match ended {
+            Ok(()) if shutdown.peek().is_some() => None,
+            Ok(()) => Some("returned before a shutdown signal"),
+            Err(e) if e.is_panic() => Some("panicked"),
+            Err(_) => Some("were cancelled"),
+        };
+        if let Some(how) = failed {
+            // nothing renews tokens any more: exit, and Kubernetes restarts the pod
+            ctx.health.set_failed();
+            ctx.metrics.set_leader(false);
+            tracing::error!("the controllers {how}: exiting");
+            return std::process::ExitCode::FAILURE;
+        }
     }
     tracing::info!("tokensync controller stopped");
     std::process::ExitCode::SUCCESS

@@ -3,6 +3,7 @@
 //! `certmanager_certificate_expiration_timestamp_seconds`) are computed at scrape time from the
 //! controllers' caches, so a deleted ProviderCredential leaves no stale series behind.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
@@ -35,10 +36,32 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// The per-credential gauges, read from the controllers' caches on each scrape.
+/// The per-credential gauges, read from the running controllers' caches on each scrape.
 #[derive(Default)]
 struct Credentials {
-    stores: Mutex<Vec<Store<ProviderCredential>>>,
+    /// Each cache with the id of the [`StoreGuard`] that keeps it here.
+    stores: Mutex<Vec<(u64, Store<ProviderCredential>)>>,
+    next_id: AtomicU64,
+}
+
+impl Credentials {
+    fn stores(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Store<ProviderCredential>)>> {
+        self.stores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps a controller's cache in the per-credential gauges until dropped: when its controller
+/// stops (a standby, or the end of a leadership term), its credentials leave the metrics.
+#[must_use = "the cache leaves the metrics when the guard is dropped"]
+pub struct StoreGuard {
+    credentials: Arc<Credentials>,
+    id: u64,
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        self.credentials.stores().retain(|(id, _)| *id != self.id);
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -49,13 +72,8 @@ impl std::fmt::Debug for Credentials {
 
 impl prometheus_client::collector::Collector for Credentials {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let pcreds: Vec<Arc<ProviderCredential>> = self
-            .stores
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flat_map(|s| s.state())
-            .collect();
+        let pcreds: Vec<Arc<ProviderCredential>> =
+            self.stores().iter().flat_map(|(_, s)| s.state()).collect();
         let id = |pc: &ProviderCredential| -> Labels {
             vec![
                 ("namespace", pc.namespace().unwrap_or_default()),
@@ -178,13 +196,14 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    /// Let the per-credential gauges read this controller's cache.
-    pub fn watch_store(&self, store: Store<ProviderCredential>) {
-        self.credentials
-            .stores
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(store);
+    /// Let the per-credential gauges read this controller's cache while the guard lives.
+    pub fn watch_store(&self, store: Store<ProviderCredential>) -> StoreGuard {
+        let id = self.credentials.next_id.fetch_add(1, Ordering::Relaxed);
+        self.credentials.stores().push((id, store));
+        StoreGuard {
+            credentials: self.credentials.clone(),
+            id,
+        }
     }
 
     /// Prometheus text format.
@@ -223,5 +242,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tokensync_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn a_store_leaves_the_metrics_with_its_guard() {
+        let pc: ProviderCredential = serde_saphyr::from_str(
+            r#"
+apiVersion: tokensync.dev/v1alpha1
+kind: ProviderCredential
+metadata: {name: pc, namespace: ns}
+spec:
+  inputs: {secretName: login}
+  output: {secretName: token}
+  http:
+    login: {url: "https://api.example/token"}
+"#,
+        )
+        .unwrap();
+        let series =
+            r#"tokensync_credential_ready_status{namespace="ns",name="pc",condition="Unknown"} 1"#;
+        let m = Metrics::default();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(pc));
+        let first = m.watch_store(store.clone());
+        let second = m.watch_store(store);
+        assert_eq!(m.encode().matches(series).count(), 2);
+        drop(first);
+        assert_eq!(m.encode().matches(series).count(), 1);
+        drop(second);
+        assert_eq!(m.encode().matches(series).count(), 0);
     }
 }

@@ -3,15 +3,18 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use tokensync::controller::Config;
+use tokensync::controller::{Config, Context};
 use tokensync::crd::ProviderCredential;
+use tokensync::election;
 
 const AA_EXAMPLE: &str = "altitude-angel-client-credentials.yaml";
 const AA: &str = "altitude-angel-client";
@@ -439,6 +442,163 @@ async fn leader_election_one_reconciles_and_a_standby_takes_over_without_duplica
     log.assert_every_issued_token_written(&fakes, tokensync_fakes::Vendor::AltitudeAngel)
         .await;
     log.assert_renewed_before_expiry();
+    ns.delete().await;
+}
+
+/// The holder of the Lease `name` in `ns`, if any.
+async fn lease_holder(ns: &TestNs, name: &str) -> Option<String> {
+    let lease = ns.api::<Lease>().get(name).await.unwrap();
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// A leader whose controllers end while it leads (a panic in a reconcile, or the run future
+/// returning) releases the Lease, is no longer ready, exports `tokensync_leader 0` and returns an
+/// error, so the process exits and Kubernetes restarts it.
+async fn a_leader_whose_controllers_end(prefix: &str, panic: bool) {
+    let (client, ns, _fakes) = setup(prefix).await;
+    let config = Config {
+        namespaces: vec![ns.name.clone()],
+        leader_election: true,
+        ..Config::default()
+    };
+    let ctx = Arc::new(Context::new(client, config).unwrap());
+    let lease = election::LeaseConfig {
+        name: "tokensync-leader".into(),
+        namespace: ns.name.clone(),
+        identity: "replica-a".into(),
+        duration_seconds: 15,
+        grace_seconds: 5,
+    };
+    // the controllers' stand-in: synced at once, it ends when told to
+    let end = Arc::new(tokio::sync::Notify::new());
+    let told = end.clone();
+    let start = move |ctx: Arc<Context>, stop: election::Stop| {
+        let told = told.clone();
+        async move {
+            ctx.health.starting(1);
+            ctx.health.synced_one();
+            tokio::select! {
+                _ = stop => {}
+                _ = told.notified() => if panic { panic!("a reconcile panicked") },
+            }
+        }
+    };
+    let (_no_shutdown, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let mut elected = tokio::spawn(election::run_with(
+        ctx.clone(),
+        lease,
+        async {
+            let _ = shutdown.await;
+        },
+        start,
+    ));
+    eventually("replica-a leads, ready", WAIT, || async {
+        let leads = sample(&ctx.metrics.encode(), "tokensync_leader") == Some(1.0);
+        (leads && ctx.health.ready()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        lease_holder(&ns, "tokensync-leader").await.as_deref(),
+        Some("replica-a")
+    );
+
+    end.notify_one();
+    let result = tokio::time::timeout(WAIT, &mut elected)
+        .await
+        .expect("the election returns once the controllers ended")
+        .expect("the election does not panic");
+    let error = result.expect_err("controllers that end are an error");
+    let how = if panic { "panicked" } else { "returned" };
+    assert!(error.to_string().contains(how), "{error}");
+    assert_eq!(lease_holder(&ns, "tokensync-leader").await, None);
+    assert!(!ctx.health.ready());
+    assert_eq!(sample(&ctx.metrics.encode(), "tokensync_leader"), Some(0.0));
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn leader_whose_controllers_panic_releases_the_lease_and_fails() {
+    a_leader_whose_controllers_end("leader-panic", true).await;
+}
+
+#[tokio::test]
+async fn leader_whose_controllers_return_releases_the_lease_and_fails() {
+    a_leader_whose_controllers_end("leader-return", false).await;
+}
+
+/// The per-credential series (name and labels) in a scrape, sorted.
+fn credential_series(scrape: &str) -> Vec<&str> {
+    let mut series: Vec<&str> = scrape
+        .lines()
+        .filter(|l| l.starts_with("tokensync_credential_"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect();
+    series.sort();
+    series
+}
+
+#[tokio::test]
+async fn leader_terms_a_standby_exports_no_credential_series_and_a_new_leader_each_once() {
+    let (client, ns, fakes) = setup("terms").await;
+    let operator = Operator::start_elected(&client, &ns.name, "tokensync-leader", "replica-a", 5);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_ready(AA, "True", None).await;
+    let id = format!(r#"namespace="{}",name="{AA}""#, ns.name);
+    let mut expected = vec![
+        format!("tokensync_credential_expiration_timestamp_seconds{{{id}}}"),
+        format!("tokensync_credential_renewal_timestamp_seconds{{{id}}}"),
+    ];
+    for condition in ["False", "True", "Unknown"] {
+        expected.push(format!(
+            r#"tokensync_credential_ready_status{{{id},condition="{condition}"}}"#
+        ));
+    }
+    expected.sort();
+    eventually(
+        "the leader exports the credential's series",
+        WAIT,
+        || async { (credential_series(&operator.metrics()) == expected).then_some(()) },
+    )
+    .await;
+
+    // another replica takes the lease: replica-a stands by until that lease runs out
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let steal = serde_json::json!({"spec": {
+        "holderIdentity": "replica-b", "renewTime": now, "leaseDurationSeconds": 5
+    }});
+    ns.api::<Lease>()
+        .patch(
+            "tokensync-leader",
+            &PatchParams::default(),
+            &Patch::Merge(&steal),
+        )
+        .await
+        .unwrap();
+    let standby = eventually("replica-a stands by", WAIT, || async {
+        let scrape = operator.metrics();
+        (sample(&scrape, "tokensync_leader") == Some(0.0)).then_some(scrape)
+    })
+    .await;
+    assert_eq!(
+        credential_series(&standby),
+        Vec::<&str>::new(),
+        "a standby exports per-credential series"
+    );
+
+    // replica-a leads again: each series once, none frozen from the first term
+    eventually("replica-a leads again", WAIT, || async {
+        (sample(&operator.metrics(), "tokensync_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let scrape = eventually("the new leader exports series", WAIT, || async {
+        let scrape = operator.metrics();
+        (!credential_series(&scrape).is_empty()).then_some(scrape)
+    })
+    .await;
+    assert_eq!(credential_series(&scrape), expected);
+    operator.stop().await;
     ns.delete().await;
 }
 

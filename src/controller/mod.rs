@@ -227,7 +227,7 @@ async fn run_one(
     let secrets: Api<PartialObjectMeta<Secret>> = api(&ctx.client, ns.as_deref());
     let controller = Controller::new(pcreds, watcher::Config::default().any_semantic());
     let store = controller.store();
-    ctx.metrics.watch_store(store.clone());
+    let _store_guard = ctx.metrics.watch_store(store.clone());
     let health = ctx.health.clone();
     let synced = store.clone();
     tokio::spawn(async move {
