@@ -76,7 +76,7 @@ async fn a_refused_output_write_backs_off_and_keeps_the_issued_token() {
     let requests = fakes.state.count(AA_CC_ROUTE);
     // a template that renders more than 1 MiB
     let huge =
-        "{% for i in range(300) %}{% for j in range(100) %}{{ token }}{% endfor %}{% endfor %}";
+        "{% for i in range(1000) %}{% for j in range(100) %}{{ token }}{% endfor %}{% endfor %}";
     let patch = serde_json::json!({"spec": {"output": {"keys": {"huge": huge}}}});
     let api: Api<ProviderCredential> = ns.api();
     api.patch(
@@ -351,10 +351,71 @@ async fn hung_providers_never_delay_healthy_renewals() {
     assert!(expired.is_empty(), "expired samples: {expired:?}");
     // the hung ones said why
     let pc = ns.pcred("hung-0").await;
+    if ready(&pc).is_none() {
+        for line in captured_logs()
+            .lines()
+            .filter(|l| l.contains("hung-0"))
+            .take(40)
+        {
+            eprintln!("{line}");
+        }
+    }
     assert_eq!(
         ready(&pc).map(|c| c.reason.as_str()),
         Some("ProviderUnreachable")
     );
+    operator.stop().await;
+    ns.delete().await;
+}
+
+/// Defect 13: a label or annotation edit on the inputs Secret (Argo CD, Reloader) is not a new
+/// input; a change of its data is.
+#[tokio::test]
+async fn only_a_change_of_the_inputs_data_renews() {
+    let (client, ns, fakes) = setup("inputshash").await;
+    let operator = Operator::start(&client, &ns.name);
+    ns.apply_example("altitude-angel-client-credentials.yaml", &fakes)
+        .await;
+    let pc = ns.wait_ready("altitude-angel-client", "True", None).await;
+    let hash = pc.status.unwrap().inputs_hash.expect("status.inputsHash");
+    let requests = fakes.state.count(AA_CC_ROUTE);
+    let secrets: Api<Secret> = ns.api();
+    let patch = serde_json::json!({"metadata": {
+        "labels": {"argocd.argoproj.io/instance": "drones"},
+        "annotations": {"reloader.stakater.com/match": "true"}
+    }});
+    secrets
+        .patch(
+            "altitude-angel-client",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        fakes.state.count(AA_CC_ROUTE),
+        requests,
+        "a label edit renewed"
+    );
+    let patch =
+        serde_json::json!({"stringData": {"client_id": tokensync_fakes::CLIENT_ID, "unused": "x"}});
+    secrets
+        .patch(
+            "altitude-angel-client",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let pc = eventually("a renewal for the new data", WAIT, || async {
+        let pc = ns.pcred("altitude-angel-client").await;
+        let h = pc.status.as_ref()?.inputs_hash.clone()?;
+        (h != hash).then_some(pc)
+    })
+    .await;
+    assert_eq!(ready(&pc).unwrap().status, "True");
+    assert_eq!(fakes.state.count(AA_CC_ROUTE), requests + 1);
     operator.stop().await;
     ns.delete().await;
 }

@@ -164,6 +164,27 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
         }
         Decision::Renew { why, grant } => (why, grant),
     };
+    attempt(
+        snap,
+        &prev,
+        why,
+        grant,
+        state,
+        policy,
+        observed.primary_possible,
+    )
+}
+
+/// A request with `grant`, once what it depends on is there.
+fn attempt(
+    snap: &Snapshot,
+    prev: &ProviderCredentialStatus,
+    why: renewal::Reason,
+    grant: GrantChoice,
+    state: State,
+    policy: Policy,
+    primary_possible: bool,
+) -> Result<Plan, Failed> {
     if let Some(Err(message)) = &snap.upstream {
         return Err(Failed::new(Reason::UpstreamNotReady, message.clone()));
     }
@@ -178,7 +199,7 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
                 Reason::NeedsNewInputs,
                 format!(
                     "no usable refresh token and the one-time inputs were already used: a person must put new inputs (an authorization code or a refresh token) into Secret {:?}",
-                    spec.inputs.secret_name
+                    snap.pc.spec.inputs.secret_name
                 ),
             ));
         }
@@ -186,7 +207,7 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
     Ok(Plan::Fetch(Box::new(Attempt {
         why,
         grant,
-        primary_possible: observed.primary_possible,
+        primary_possible,
         shorter_timeout: prev
             .last_failure
             .as_ref()
