@@ -8,11 +8,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// A Go-style duration with days allowed: `90s`, `10m`, `1h30m`, `8d`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(s|m|h|d))+$";
+/// A duration in days, hours, minutes and seconds, each unit at most once and in that order:
+/// `90s`, `10m`, `1h30m`, `8d`. The digit bounds keep every sum far inside an `i64`; the CEL rules
+/// of [`duration_rule`] bound the total to [`MAX_DURATION_SECONDS`].
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,5}d)?([0-9]{1,6}h)?([0-9]{1,8}m)?([0-9]{1,9}s)?$";
+/// The longest duration the spec takes, in seconds: 10 years of 365 days (`3650d`).
+pub const MAX_DURATION_SECONDS: i64 = 3650 * 86_400;
+/// The shortest `spec.refresh.fallbackInterval`, in seconds (`1m`): a token without expiry is
+/// renewed at most once a minute.
+pub const MIN_FALLBACK_INTERVAL_SECONDS: i64 = 60;
 /// A key of a Secret's `data`.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// A DNS subdomain name (RFC 1123), as Secret names must be.
@@ -25,6 +33,39 @@ pub const URL_PATTERN: &str = r"^https?://[^/?#\s]+([/?#]\S*)?$";
 pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}]+([/?#].*)?$";
 /// A JSON pointer (RFC 6901) into a response body.
 pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
+// CEL rules shared by several fields; `path` is the field's path in messages. Patterns are pasted
+// into CEL single-quoted strings, so they hold no quote and no backslash.
+
+/// The duration at `path` is at most [`MAX_DURATION_SECONDS`].
+fn at_most_10_years(path: &str) -> Rule {
+    duration_rule(
+        format!("<= {MAX_DURATION_SECONDS}"),
+        format!("{path}: at most 10 years (3650d)"),
+    )
+}
+
+/// The duration at `path` is at least [`MIN_FALLBACK_INTERVAL_SECONDS`].
+fn at_least_1m(path: &str) -> Rule {
+    duration_rule(
+        format!(">= {MIN_FALLBACK_INTERVAL_SECONDS}"),
+        format!("{path}: at least 1m, so that a token without expiry is not renewed in a loop"),
+    )
+}
+
+/// A rule on a duration's total in seconds: `check` follows the sum (e.g. `<= 60`). A value off
+/// [`DURATION_PATTERN`] passes, left to the pattern's own error (and never reaching `int()`).
+fn duration_rule(check: String, message: String) -> Rule {
+    let seconds = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)]
+        .map(|(unit, factor)| {
+            let digits = format!("self.find('[0-9]+{unit}')");
+            format!("({digits} == '' ? 0 : int({digits}.replace('{unit}', '')) * {factor})")
+        })
+        .join(" + ");
+    Rule::new(format!(
+        "!self.matches('{DURATION_PATTERN}') || {seconds} {check}"
+    ))
+    .message(message.as_str())
+}
 
 /// Obtains a short-lived API token from a provider and keeps it fresh in a Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -238,7 +279,8 @@ pub struct HttpSpec {
     /// A lifetime to ask for, e.g. `8d`; templates see `requested.seconds`,
     /// `requested.expires_at` (RFC 3339) and `requested.date` (YYYY-MM-DD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 1, max = 32))]
+    #[x_kube(validation = at_most_10_years("spec.http.requestedLifetime"))]
     pub requested_lifetime: Option<String>,
     /// Another ProviderCredential in this namespace whose token the requests may use, as
     /// `{{ upstream.token }}` (e.g. a personal access token minted with an OIDC token).
@@ -392,15 +434,20 @@ pub struct OutputSpec {
 pub struct RefreshPolicy {
     /// Renew this long before expiry, e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 1, max = 32))]
+    #[x_kube(validation = at_most_10_years("spec.refresh.renewBefore"))]
     pub renew_before: Option<String>,
     /// Renew when this share of the lifetime is left (1-99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<u8>,
-    /// How often to renew a token that has no known expiry. Default `1h`.
+    /// How often to renew a token that has no known expiry, at least `1m`. Default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 1, max = 32))]
+    #[x_kube(
+        validation = at_most_10_years("spec.refresh.fallbackInterval"),
+        validation = at_least_1m("spec.refresh.fallbackInterval")
+    )]
     pub fallback_interval: Option<String>,
 }
 
@@ -473,6 +520,79 @@ mod tests {
         for col in ["Ready", "Secret", "Expires", "Renew", "Age"] {
             assert!(crd.contains(&format!(r#""name":"{col}""#)), "{col}");
         }
+    }
+
+    /// Each property under `schema`, with its path (`spec.refresh.renewBefore`).
+    fn properties(
+        schema: &serde_json::Value,
+        path: &str,
+        out: &mut Vec<(String, serde_json::Value)>,
+    ) {
+        for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+            let path = format!("{path}.{name}");
+            properties(prop, &path, out);
+            out.push((path, prop.clone()));
+        }
+    }
+
+    fn rules(schema: &serde_json::Value) -> Vec<(String, String)> {
+        let rules = schema["x-kubernetes-validations"].as_array();
+        rules
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["rule"].as_str().unwrap().into(),
+                    r["message"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every field of the duration pattern carries the 10-year rule, whose message names that
+    /// field; a duration field added without it fails here.
+    #[test]
+    fn every_duration_field_is_bounded_naming_itself() {
+        let crd = serde_json::to_value(ProviderCredential::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut all = vec![];
+        properties(&root["properties"]["spec"], "spec", &mut all);
+        let durations: Vec<_> = all
+            .iter()
+            .filter(|(_, p)| p["pattern"] == DURATION_PATTERN)
+            .collect();
+        let paths: Vec<&str> = durations.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.http.requestedLifetime",
+                "spec.refresh.fallbackInterval",
+                "spec.refresh.renewBefore"
+            ]
+        );
+        for (path, prop) in durations {
+            let rules = rules(prop);
+            let bound = format!("<= {MAX_DURATION_SECONDS}");
+            assert!(
+                rules.iter().any(|(rule, message)| rule.ends_with(&bound)
+                    && *message == format!("{path}: at most 10 years (3650d)")),
+                "{path}: {rules:?}"
+            );
+        }
+        let fallback = &all
+            .iter()
+            .find(|(p, _)| p == "spec.refresh.fallbackInterval")
+            .unwrap()
+            .1;
+        assert!(
+            rules(fallback)
+                .iter()
+                .any(|(rule, _)| rule.ends_with(">= 60"))
+        );
+        // the bounds are the runtime parser's reading of 3650d and 1m
+        let seconds = |d: &str| crate::renewal::parse_duration(d).unwrap().as_secs();
+        assert_eq!(seconds("3650d"), MAX_DURATION_SECONDS);
+        assert_eq!(seconds("1m"), MIN_FALLBACK_INTERVAL_SECONDS);
     }
 
     #[test]
