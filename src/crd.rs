@@ -33,6 +33,11 @@ pub const URL_PATTERN: &str = r"^https?://[^/?#\s]+([/?#]\S*)?$";
 pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}]+([/?#].*)?$";
 /// A JSON pointer (RFC 6901) into a response body.
 pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
+/// The suffix of the operator's state Secrets (`<metadata.name>-tokensync-state`), which hold
+/// refresh tokens: no inputs or output Secret may be named with it.
+pub const STATE_SECRET_SUFFIX: &str = "-tokensync-state";
+/// The longest ProviderCredential name: its state Secret's name must fit in 253 characters.
+pub const MAX_NAME_LENGTH: usize = 253 - STATE_SECRET_SUFFIX.len();
 // CEL rules shared by several fields; `path` is the field's path in messages. Patterns are pasted
 // into CEL single-quoted strings, so they hold no quote and no backslash.
 
@@ -67,6 +72,13 @@ fn duration_rule(check: String, message: String) -> Rule {
     .message(message.as_str())
 }
 
+/// The Secret name at `path` does not end in [`STATE_SECRET_SUFFIX`].
+fn not_a_state_secret(path: &str) -> Rule {
+    Rule::new(format!("!self.endsWith('{STATE_SECRET_SUFFIX}')")).message(
+        format!("{path}: names ending in {STATE_SECRET_SUFFIX} are reserved for the operator's state Secrets, which hold refresh tokens").as_str(),
+    )
+}
+
 /// Obtains a short-lived API token from a provider and keeps it fresh in a Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -82,7 +94,8 @@ fn duration_rule(check: String, message: String) -> Rule {
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Renew","type":"string","jsonPath":".status.renewAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    validation = Rule::new(format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}")).message(format!("metadata.name: at most {MAX_NAME_LENGTH} characters, so that the state Secret <name>{STATE_SECRET_SUFFIX} fits in 253").as_str())
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.oauth2) != has(self.http)").message("spec: exactly one provider block must be set: spec.oauth2 or spec.http").reason(Reason::FieldValueRequired))]
@@ -113,6 +126,7 @@ pub struct ProviderCredentialSpec {
 pub struct InputsRef {
     /// Name of the Secret.
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    #[x_kube(validation = not_a_state_secret("spec.inputs.secretName"))]
     pub secret_name: String,
     /// Key names in that Secret, when they differ from the defaults.
     #[serde(default, skip_serializing_if = "InputKeys::is_default")]
@@ -414,6 +428,7 @@ pub enum ExpiryFormat {
 pub struct OutputSpec {
     /// Name of the Secret; tokensync creates and owns it.
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    #[x_kube(validation = not_a_state_secret("spec.output.secretName"))]
     pub secret_name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -593,6 +608,20 @@ mod tests {
         let seconds = |d: &str| crate::renewal::parse_duration(d).unwrap().as_secs();
         assert_eq!(seconds("3650d"), MAX_DURATION_SECONDS);
         assert_eq!(seconds("1m"), MIN_FALLBACK_INTERVAL_SECONDS);
+    }
+
+    #[test]
+    fn the_root_bounds_the_name_for_the_state_secret() {
+        let crd = serde_json::to_value(ProviderCredential::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert_eq!(MAX_NAME_LENGTH + STATE_SECRET_SUFFIX.len(), 253);
+        assert!(
+            rules(root)
+                .iter()
+                .any(|(rule, _)| rule == "self.metadata.name.size() <= 237"),
+            "{:?}",
+            rules(root)
+        );
     }
 
     #[test]
