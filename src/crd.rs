@@ -38,6 +38,19 @@ pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
 pub const STATE_SECRET_SUFFIX: &str = "-tokensync-state";
 /// The longest ProviderCredential name: its state Secret's name must fit in 253 characters.
 pub const MAX_NAME_LENGTH: usize = 253 - STATE_SECRET_SUFFIX.len();
+/// A label or annotation key (a qualified name): an optional DNS subdomain and `/`, then a name of
+/// at most 63 characters. The prefix's 253-character bound is a separate check.
+const QUALIFIED_NAME_PATTERN: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value: empty, or at most 63 characters.
+const LABEL_VALUE_PATTERN: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+/// The most labels, and the most annotations, the output Secret takes from the spec: a bound
+/// the apiserver's CEL cost estimate needs for the rules over their keys.
+pub const MAX_OUTPUT_METADATA_ENTRIES: usize = 256;
+/// The prefix of the labels and annotations the operator writes on the output Secret.
+const OPERATOR_KEY_PREFIX: &str = "tokensync.dev/";
+/// The label the operator sets on the output Secret (as `controller::output` writes it).
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
 // CEL rules shared by several fields; `path` is the field's path in messages. Patterns are pasted
 // into CEL single-quoted strings, so they hold no quote and no backslash.
 
@@ -76,6 +89,35 @@ fn duration_rule(check: String, message: String) -> Rule {
 fn not_a_state_secret(path: &str) -> Rule {
     Rule::new(format!("!self.endsWith('{STATE_SECRET_SUFFIX}')")).message(
         format!("{path}: names ending in {STATE_SECRET_SUFFIX} are reserved for the operator's state Secrets, which hold refresh tokens").as_str(),
+    )
+}
+
+/// Each key of the map at `path` is a valid label or annotation key.
+fn keys_are_qualified_names(path: &str) -> Rule {
+    Rule::new(format!(
+        "self.all(k, k.matches('{QUALIFIED_NAME_PATTERN}') && k.find('^[^/]*/').size() <= 254)"
+    ))
+    .message(format!("{path}: each key must be a valid label or annotation key: an optional DNS subdomain prefix of at most 253 characters and '/', then a name of at most 63 characters of [-A-Za-z0-9_.] that starts and ends with a letter or digit").as_str())
+}
+
+/// Each value of the map at `path` is a valid label value.
+fn values_are_label_values(path: &str) -> Rule {
+    Rule::new(format!(
+        "self.all(k, self[k].matches('{LABEL_VALUE_PATTERN}'))"
+    ))
+    .message(format!("{path}: each value must be a valid label value: empty, or at most 63 characters of [-A-Za-z0-9_.] that start and end with a letter or digit").as_str())
+}
+
+/// No key of the map at `path` is one the operator writes: none under [`OPERATOR_KEY_PREFIX`],
+/// and none of `also`.
+fn not_the_operators_keys(path: &str, also: &[&str]) -> Rule {
+    let others: String = also.iter().map(|k| format!(" && k != '{k}'")).collect();
+    let named: String = also.iter().map(|k| format!(" or {k}")).collect();
+    Rule::new(format!(
+        "self.all(k, !k.startsWith('{OPERATOR_KEY_PREFIX}'){others})"
+    ))
+    .message(
+        format!("{path}: keys under {OPERATOR_KEY_PREFIX}{named} are set by the operator").as_str(),
     )
 }
 
@@ -430,9 +472,25 @@ pub struct OutputSpec {
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
     #[x_kube(validation = not_a_state_secret("spec.output.secretName"))]
     pub secret_name: String,
+    /// Labels of the Secret, besides `app.kubernetes.io/managed-by`, which the operator sets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_OUTPUT_METADATA_ENTRIES,
+        "additionalProperties" = {"type": "string", "maxLength": 63}
+    ))]
+    #[x_kube(
+        validation = keys_are_qualified_names("spec.output.labels"),
+        validation = values_are_label_values("spec.output.labels"),
+        validation = not_the_operators_keys("spec.output.labels", &[MANAGED_BY])
+    )]
     pub labels: BTreeMap<String, String>,
+    /// Annotations of the Secret, besides the operator's own under `tokensync.dev/`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_OUTPUT_METADATA_ENTRIES))]
+    #[x_kube(
+        validation = keys_are_qualified_names("spec.output.annotations"),
+        validation = not_the_operators_keys("spec.output.annotations", &[])
+    )]
     pub annotations: BTreeMap<String, String>,
     /// Keys of the Secret and their templated values over `token`, `token_type`,
     /// `expires_at` and `issued_at`. Default: `token`, `token_type`, `expires_at`. The refresh

@@ -422,6 +422,29 @@ async fn output_labels_and_annotations_must_be_valid_and_not_the_operators() {
         )
         .await;
     }
+    // a bounded number of entries, which the apiserver's cost estimate of the key rules needs
+    let many = |n: usize| -> Value {
+        (0..n)
+            .map(|i| (format!("k{i}"), Value::from("v")))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    for field in ["labels", "annotations"] {
+        let path = format!("spec.output.{field}");
+        a.refused(
+            &format!("257 {field}"),
+            None,
+            json!({"output": {field: many(257)}}),
+            &[&path, "256"],
+        )
+        .await;
+        a.admitted(
+            &format!("256 {field}"),
+            None,
+            json!({"output": {field: many(256)}}),
+        )
+        .await;
+    }
     // annotation values are free text
     a.admitted(
         "free-text annotation value",
