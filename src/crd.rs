@@ -8,11 +8,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// A Go-style duration with days allowed: `90s`, `10m`, `1h30m`, `8d`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(s|m|h|d))+$";
+/// A duration in days, hours, minutes and seconds, each unit at most once and in that order:
+/// `90s`, `10m`, `1h30m`, `8d`. The digit bounds keep every sum far inside an `i64`; the CEL rules
+/// of [`duration_rule`] bound the total to [`MAX_DURATION_SECONDS`].
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,5}d)?([0-9]{1,6}h)?([0-9]{1,8}m)?([0-9]{1,9}s)?$";
+/// The longest duration the spec takes, in seconds: 10 years of 365 days (`3650d`).
+pub const MAX_DURATION_SECONDS: i64 = 3650 * 86_400;
+/// The shortest `spec.refresh.fallbackInterval`, in seconds (`1m`): a token without expiry is
+/// renewed at most once a minute.
+pub const MIN_FALLBACK_INTERVAL_SECONDS: i64 = 60;
 /// A key of a Secret's `data`.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// A DNS subdomain name (RFC 1123), as Secret names must be.
@@ -25,6 +33,93 @@ pub const URL_PATTERN: &str = r"^https?://[^/?#\s]+([/?#]\S*)?$";
 pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}]+([/?#].*)?$";
 /// A JSON pointer (RFC 6901) into a response body.
 pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
+/// The suffix of the operator's state Secrets (`<metadata.name>-tokensync-state`), which hold
+/// refresh tokens: no inputs or output Secret may be named with it.
+pub const STATE_SECRET_SUFFIX: &str = "-tokensync-state";
+/// The longest ProviderCredential name: its state Secret's name must fit in 253 characters.
+pub const MAX_NAME_LENGTH: usize = 253 - STATE_SECRET_SUFFIX.len();
+/// A label or annotation key (a qualified name): an optional DNS subdomain and `/`, then a name of
+/// at most 63 characters. The prefix's 253-character bound is a separate check.
+const QUALIFIED_NAME_PATTERN: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value: empty, or at most 63 characters.
+const LABEL_VALUE_PATTERN: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+/// The most labels, and the most annotations, the output Secret takes from the spec: a bound
+/// the apiserver's CEL cost estimate needs for the rules over their keys.
+pub const MAX_OUTPUT_METADATA_ENTRIES: usize = 256;
+/// The prefix of the labels and annotations the operator writes on the output Secret.
+const OPERATOR_KEY_PREFIX: &str = "tokensync.dev/";
+/// The label the operator sets on the output Secret (as `controller::output` writes it).
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+// CEL rules shared by several fields; `path` is the field's path in messages. Patterns are pasted
+// into CEL single-quoted strings, so they hold no quote and no backslash.
+
+/// The duration at `path` is at most [`MAX_DURATION_SECONDS`].
+fn at_most_10_years(path: &str) -> Rule {
+    duration_rule(
+        format!("<= {MAX_DURATION_SECONDS}"),
+        format!("{path}: at most 10 years (3650d)"),
+    )
+}
+
+/// The duration at `path` is at least [`MIN_FALLBACK_INTERVAL_SECONDS`].
+fn at_least_1m(path: &str) -> Rule {
+    duration_rule(
+        format!(">= {MIN_FALLBACK_INTERVAL_SECONDS}"),
+        format!("{path}: at least 1m, so that a token without expiry is not renewed in a loop"),
+    )
+}
+
+/// A rule on a duration's total in seconds: `check` follows the sum (e.g. `<= 60`). A value off
+/// [`DURATION_PATTERN`] passes, left to the pattern's own error (and never reaching `int()`).
+fn duration_rule(check: String, message: String) -> Rule {
+    let seconds = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)]
+        .map(|(unit, factor)| {
+            let digits = format!("self.find('[0-9]+{unit}')");
+            format!("({digits} == '' ? 0 : int({digits}.replace('{unit}', '')) * {factor})")
+        })
+        .join(" + ");
+    Rule::new(format!(
+        "!self.matches('{DURATION_PATTERN}') || {seconds} {check}"
+    ))
+    .message(message.as_str())
+}
+
+/// The Secret name at `path` does not end in [`STATE_SECRET_SUFFIX`].
+fn not_a_state_secret(path: &str) -> Rule {
+    Rule::new(format!("!self.endsWith('{STATE_SECRET_SUFFIX}')")).message(
+        format!("{path}: names ending in {STATE_SECRET_SUFFIX} are reserved for the operator's state Secrets, which hold refresh tokens").as_str(),
+    )
+}
+
+/// Each key of the map at `path` is a valid label or annotation key.
+fn keys_are_qualified_names(path: &str) -> Rule {
+    Rule::new(format!(
+        "self.all(k, k.matches('{QUALIFIED_NAME_PATTERN}') && k.find('^[^/]*/').size() <= 254)"
+    ))
+    .message(format!("{path}: each key must be a valid label or annotation key: an optional DNS subdomain prefix of at most 253 characters and '/', then a name of at most 63 characters of [-A-Za-z0-9_.] that starts and ends with a letter or digit").as_str())
+}
+
+/// Each value of the map at `path` is a valid label value.
+fn values_are_label_values(path: &str) -> Rule {
+    Rule::new(format!(
+        "self.all(k, self[k].matches('{LABEL_VALUE_PATTERN}'))"
+    ))
+    .message(format!("{path}: each value must be a valid label value: empty, or at most 63 characters of [-A-Za-z0-9_.] that start and end with a letter or digit").as_str())
+}
+
+/// No key of the map at `path` is one the operator writes: none under [`OPERATOR_KEY_PREFIX`],
+/// and none of `also`.
+fn not_the_operators_keys(path: &str, also: &[&str]) -> Rule {
+    let others: String = also.iter().map(|k| format!(" && k != '{k}'")).collect();
+    let named: String = also.iter().map(|k| format!(" or {k}")).collect();
+    Rule::new(format!(
+        "self.all(k, !k.startsWith('{OPERATOR_KEY_PREFIX}'){others})"
+    ))
+    .message(
+        format!("{path}: keys under {OPERATOR_KEY_PREFIX}{named} are set by the operator").as_str(),
+    )
+}
 
 /// Obtains a short-lived API token from a provider and keeps it fresh in a Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -41,7 +136,8 @@ pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Renew","type":"string","jsonPath":".status.renewAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    validation = Rule::new(format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}")).message(format!("metadata.name: at most {MAX_NAME_LENGTH} characters, so that the state Secret <name>{STATE_SECRET_SUFFIX} fits in 253").as_str())
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.oauth2) != has(self.http)").message("spec: exactly one provider block must be set: spec.oauth2 or spec.http").reason(Reason::FieldValueRequired))]
@@ -72,6 +168,7 @@ pub struct ProviderCredentialSpec {
 pub struct InputsRef {
     /// Name of the Secret.
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    #[x_kube(validation = not_a_state_secret("spec.inputs.secretName"))]
     pub secret_name: String,
     /// Key names in that Secret, when they differ from the defaults.
     #[serde(default, skip_serializing_if = "InputKeys::is_default")]
@@ -238,7 +335,8 @@ pub struct HttpSpec {
     /// A lifetime to ask for, e.g. `8d`; templates see `requested.seconds`,
     /// `requested.expires_at` (RFC 3339) and `requested.date` (YYYY-MM-DD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 1, max = 32))]
+    #[x_kube(validation = at_most_10_years("spec.http.requestedLifetime"))]
     pub requested_lifetime: Option<String>,
     /// Another ProviderCredential in this namespace whose token the requests may use, as
     /// `{{ upstream.token }}` (e.g. a personal access token minted with an OIDC token).
@@ -372,10 +470,27 @@ pub enum ExpiryFormat {
 pub struct OutputSpec {
     /// Name of the Secret; tokensync creates and owns it.
     #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    #[x_kube(validation = not_a_state_secret("spec.output.secretName"))]
     pub secret_name: String,
+    /// Labels of the Secret, besides `app.kubernetes.io/managed-by`, which the operator sets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_OUTPUT_METADATA_ENTRIES,
+        "additionalProperties" = {"type": "string", "maxLength": 63}
+    ))]
+    #[x_kube(
+        validation = keys_are_qualified_names("spec.output.labels"),
+        validation = values_are_label_values("spec.output.labels"),
+        validation = not_the_operators_keys("spec.output.labels", &[MANAGED_BY])
+    )]
     pub labels: BTreeMap<String, String>,
+    /// Annotations of the Secret, besides the operator's own under `tokensync.dev/`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_OUTPUT_METADATA_ENTRIES))]
+    #[x_kube(
+        validation = keys_are_qualified_names("spec.output.annotations"),
+        validation = not_the_operators_keys("spec.output.annotations", &[])
+    )]
     pub annotations: BTreeMap<String, String>,
     /// Keys of the Secret and their templated values over `token`, `token_type`,
     /// `expires_at` and `issued_at`. Default: `token`, `token_type`, `expires_at`. The refresh
@@ -392,15 +507,20 @@ pub struct OutputSpec {
 pub struct RefreshPolicy {
     /// Renew this long before expiry, e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 1, max = 32))]
+    #[x_kube(validation = at_most_10_years("spec.refresh.renewBefore"))]
     pub renew_before: Option<String>,
     /// Renew when this share of the lifetime is left (1-99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<u8>,
-    /// How often to renew a token that has no known expiry. Default `1h`.
+    /// How often to renew a token that has no known expiry, at least `1m`. Default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(min = 1, max = 32))]
+    #[x_kube(
+        validation = at_most_10_years("spec.refresh.fallbackInterval"),
+        validation = at_least_1m("spec.refresh.fallbackInterval")
+    )]
     pub fallback_interval: Option<String>,
 }
 
@@ -497,6 +617,93 @@ mod tests {
         for col in ["Ready", "Secret", "Expires", "Renew", "Age"] {
             assert!(crd.contains(&format!(r#""name":"{col}""#)), "{col}");
         }
+    }
+
+    /// Each property under `schema`, with its path (`spec.refresh.renewBefore`).
+    fn properties(
+        schema: &serde_json::Value,
+        path: &str,
+        out: &mut Vec<(String, serde_json::Value)>,
+    ) {
+        for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+            let path = format!("{path}.{name}");
+            properties(prop, &path, out);
+            out.push((path, prop.clone()));
+        }
+    }
+
+    fn rules(schema: &serde_json::Value) -> Vec<(String, String)> {
+        let rules = schema["x-kubernetes-validations"].as_array();
+        rules
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["rule"].as_str().unwrap().into(),
+                    r["message"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every field of the duration pattern carries the 10-year rule, whose message names that
+    /// field; a duration field added without it fails here.
+    #[test]
+    fn every_duration_field_is_bounded_naming_itself() {
+        let crd = serde_json::to_value(ProviderCredential::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut all = vec![];
+        properties(&root["properties"]["spec"], "spec", &mut all);
+        let durations: Vec<_> = all
+            .iter()
+            .filter(|(_, p)| p["pattern"] == DURATION_PATTERN)
+            .collect();
+        let paths: Vec<&str> = durations.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.http.requestedLifetime",
+                "spec.refresh.fallbackInterval",
+                "spec.refresh.renewBefore"
+            ]
+        );
+        for (path, prop) in durations {
+            let rules = rules(prop);
+            let bound = format!("<= {MAX_DURATION_SECONDS}");
+            assert!(
+                rules.iter().any(|(rule, message)| rule.ends_with(&bound)
+                    && *message == format!("{path}: at most 10 years (3650d)")),
+                "{path}: {rules:?}"
+            );
+        }
+        let fallback = &all
+            .iter()
+            .find(|(p, _)| p == "spec.refresh.fallbackInterval")
+            .unwrap()
+            .1;
+        assert!(
+            rules(fallback)
+                .iter()
+                .any(|(rule, _)| rule.ends_with(">= 60"))
+        );
+        // the bounds are the runtime parser's reading of 3650d and 1m
+        let seconds = |d: &str| crate::renewal::parse_duration(d).unwrap().as_secs();
+        assert_eq!(seconds("3650d"), MAX_DURATION_SECONDS);
+        assert_eq!(seconds("1m"), MIN_FALLBACK_INTERVAL_SECONDS);
+    }
+
+    #[test]
+    fn the_root_bounds_the_name_for_the_state_secret() {
+        let crd = serde_json::to_value(ProviderCredential::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert_eq!(MAX_NAME_LENGTH + STATE_SECRET_SUFFIX.len(), 253);
+        assert!(
+            rules(root)
+                .iter()
+                .any(|(rule, _)| rule == "self.metadata.name.size() <= 237"),
+            "{:?}",
+            rules(root)
+        );
     }
 
     #[test]

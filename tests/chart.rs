@@ -254,6 +254,10 @@ fn a_bad_value_fails_with_a_message_naming_it() {
         ("logFormat=yaml", "/logFormat"),
         ("allowedHosts={http://internal}", "/allowedHosts/0"),
         ("unknownValue=1", "unknownValue"),
+        (
+            "terminationGracePeriodSeconds=abc",
+            "/terminationGracePeriodSeconds",
+        ),
     ] {
         let out = std::process::Command::new(tool("helm"))
             .args(["template", "t"])
@@ -279,6 +283,69 @@ fn a_bad_value_fails_with_a_message_naming_it() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs leaderElection.enabled"));
+}
+
+/// `helm template` with `set` fails; its error output.
+fn render_error(set: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(tool("helm"));
+    cmd.args(["template", "t"])
+        .arg(root().join("charts/tokensync"));
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{set:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A token request in flight at shutdown can finish: the pod's grace period is above the
+/// `--request-timeout` it passes, and a grace period that is not fails to render, naming both.
+#[test]
+fn the_grace_period_outlasts_the_request_timeout() {
+    let grace_and_timeout = |set: &[&str]| -> (i64, i64) {
+        let docs = render("grace", "ops", set);
+        let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+        let grace = pod["terminationGracePeriodSeconds"]
+            .as_i64()
+            .expect("a grace period");
+        let timeout = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|a| a.as_str()?.strip_prefix("--request-timeout="))
+            .expect("a --request-timeout arg")
+            .parse()
+            .unwrap();
+        (grace, timeout)
+    };
+    for (set, expected) in [
+        (&[][..], (45, 30)),
+        (
+            &[
+                "requestTimeoutSeconds=60",
+                "terminationGracePeriodSeconds=61",
+            ][..],
+            (61, 60),
+        ),
+    ] {
+        let (grace, timeout) = grace_and_timeout(set);
+        assert_eq!((grace, timeout), expected, "{set:?}");
+        assert!(grace > timeout, "{set:?}");
+    }
+    for set in [
+        &["terminationGracePeriodSeconds=30"][..],
+        &["requestTimeoutSeconds=45"][..],
+        &[
+            "requestTimeoutSeconds=120",
+            "terminationGracePeriodSeconds=60",
+        ][..],
+    ] {
+        let err = render_error(set);
+        assert!(
+            err.contains("terminationGracePeriodSeconds") && err.contains("requestTimeoutSeconds"),
+            "{set:?}: {err}"
+        );
+    }
 }
 
 /// The Deployment's args are ones the binary accepts: run it with them (and no cluster to reach),
