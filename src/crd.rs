@@ -132,11 +132,12 @@ fn not_the_operators_keys(path: &str, also: &[&str]) -> Rule {
     shortname = "pcred",
     category = "tokensync",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.output.secretName"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
-    printcolumn = r#"{"name":"Renew","type":"string","jsonPath":".status.renewAt"}"#,
+    printcolumn = r#"{"name":"Next","type":"string","jsonPath":".status.nextAttemptAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","priority":1,"jsonPath":".spec.output.secretName"}"#,
+    printcolumn = r#"{"name":"Degraded","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Degraded\")].reason"}"#,
     validation = Rule::new(format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}")).message(format!("metadata.name: at most {MAX_NAME_LENGTH} characters, so that the state Secret <name>{STATE_SECRET_SUFFIX} fits in 253").as_str())
 )]
 #[serde(rename_all = "camelCase")]
@@ -579,6 +580,9 @@ pub struct ProviderCredentialStatus {
     /// The failed attempts since the last success; absent after a success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<LastFailure>,
+    /// When the stored refresh token dies, when the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_at: Option<Time>,
 }
 
 /// Failed attempts since the last success, and what they were made from: a change of the spec,
@@ -614,7 +618,9 @@ mod tests {
         assert!(crd.contains("has(self.oauth2) != has(self.http)"));
         assert!(crd.contains("has(self.tokenUrl) != has(self.issuerUrl)"));
         assert!(crd.contains(r#""shortNames":["pcred"]"#));
-        for col in ["Ready", "Secret", "Expires", "Renew", "Age"] {
+        for col in [
+            "Ready", "Reason", "Expires", "Next", "Age", "Secret", "Degraded",
+        ] {
             assert!(crd.contains(&format!(r#""name":"{col}""#)), "{col}");
         }
     }

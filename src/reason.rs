@@ -14,6 +14,10 @@ pub enum Reason {
     TokenRenewed,
     /// A token the provider issued earlier (kept in the state Secret) was written out.
     TokenRestored,
+    /// `Ready` stays True: the token in place is valid, but renewals fail (see `Degraded`).
+    RenewalFailing,
+    /// The token in place expired and no renewal has failed (e.g. the operator was down).
+    TokenExpired,
     // the spec, the inputs and the objects around them
     InputsNotFound,
     InputKeyMissing,
@@ -57,6 +61,8 @@ impl Reason {
             Reason::TokenIssued => "TokenIssued",
             Reason::TokenRenewed => "TokenRenewed",
             Reason::TokenRestored => "TokenRestored",
+            Reason::RenewalFailing => "RenewalFailing",
+            Reason::TokenExpired => "TokenExpired",
             Reason::InputsNotFound => "InputsNotFound",
             Reason::InputKeyMissing => "InputKeyMissing",
             Reason::InvalidSpec => "InvalidSpec",

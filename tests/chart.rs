@@ -228,8 +228,8 @@ async fn with_one_verb_removed_the_controller_reports_forbidden() {
         }
     })
     .await;
-    let pc = ns.wait_ready("pix4d", "False", Some("Forbidden")).await;
-    let message = &ready(&pc).unwrap().message;
+    let pc = ns.wait_failing("pix4d", "Forbidden").await;
+    let message = &degraded(&pc).unwrap().message;
     assert!(
         message.contains("cannot patch resource \"secrets\""),
         "{message}"

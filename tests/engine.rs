@@ -41,10 +41,8 @@ async fn a_template_typo_never_burns_the_authorization_code() {
     let typo = r#"      auth: "{{ token_typ }} {{ token }}""#;
     ns.apply(&user_token_manifest(&fakes, &code, Some(typo)))
         .await;
-    let pc = ns
-        .wait_ready("altitude-angel-user", "False", Some("InvalidSpec"))
-        .await;
-    let message = ready(&pc).unwrap().message.clone();
+    let pc = ns.wait_failing("altitude-angel-user", "InvalidSpec").await;
+    let message = degraded(&pc).unwrap().message.clone();
     assert!(message.contains("spec.output.keys.auth"), "{message}");
     assert_eq!(fakes.state.count(AA_CODE_ROUTE), 0, "the code was spent");
 
@@ -87,9 +85,9 @@ async fn a_refused_output_write_backs_off_and_keeps_the_issued_token() {
     .await
     .unwrap();
     let pc = ns
-        .wait_ready("altitude-angel-client", "False", Some("SecretWriteFailed"))
+        .wait_failing("altitude-angel-client", "SecretWriteFailed")
         .await;
-    let message = ready(&pc).unwrap().message.clone();
+    let message = degraded(&pc).unwrap().message.clone();
     assert!(message.contains("kept in the state Secret"), "{message}");
     // one token for the new spec, then only writes retried with backoff (5 s, 10 s, 20 s)
     tokio::time::sleep(Duration::from_secs(20)).await;

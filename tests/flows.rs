@@ -102,8 +102,7 @@ async fn dronetag_pat_is_minted_with_the_oidc_token_and_sent_as_a_header() {
     let operator = Operator::start(&client, &ns.name);
     // the PAT first: it waits for its upstream, then follows as soon as the upstream is ready
     ns.apply_example("dronetag-pat.yaml", &fakes).await;
-    ns.wait_ready("dronetag-pat", "False", Some("UpstreamNotReady"))
-        .await;
+    ns.wait_failing("dronetag-pat", "UpstreamNotReady").await;
     ns.apply_example("dronetag-oidc.yaml", &fakes).await;
     ns.wait_ready("dronetag-pat", "True", None).await;
 
@@ -150,10 +149,10 @@ async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_c
     .await
     .unwrap();
     let pc = ns
-        .wait_ready("altitude-angel-client", "False", Some("Unauthorized"))
+        .wait_failing("altitude-angel-client", "Unauthorized")
         .await;
     assert!(
-        ready(&pc).unwrap().message.contains("invalid_scope"),
+        degraded(&pc).unwrap().message.contains("invalid_scope"),
         "{:?}",
         ready(&pc)
     );
@@ -211,9 +210,9 @@ async fn altitude_angel_user_token_from_a_one_time_code_lives_on_refresh() {
     // the provider forgets the refresh token: with the code used, a person must act
     fakes.state.revoke_refresh_tokens(Vendor::AltitudeAngel);
     let pc = ns
-        .wait_ready("altitude-angel-user", "False", Some("RefreshTokenRejected"))
+        .wait_failing("altitude-angel-user", "RefreshTokenRejected")
         .await;
-    let message = &ready(&pc).unwrap().message;
+    let message = &degraded(&pc).unwrap().message;
     assert!(
         message.contains("a person must put new inputs"),
         "{message}"

@@ -153,8 +153,8 @@ async fn missing_inputs_secret_is_a_condition_and_recovers_when_it_appears() {
     let (secret_doc, pc_doc) = text.split_once("\n---").unwrap();
     ns.apply(pc_doc).await;
 
-    let pc = ns.wait_ready(AA, "False", Some("InputsNotFound")).await;
-    let message = ready(&pc).unwrap().message.clone();
+    let pc = ns.wait_failing(AA, "InputsNotFound").await;
+    let message = degraded(&pc).unwrap().message.clone();
     assert!(message.contains("\"altitude-angel-client\""), "{message}");
     let events = ns.events(AA).await;
     assert!(
@@ -206,8 +206,8 @@ async fn a_failing_refresh_keeps_the_valid_token_and_says_why() {
     api.patch(AA, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let pc = ns.wait_ready(AA, "False", Some("TokenRequestFailed")).await;
-    let message = ready(&pc).unwrap().message.clone();
+    let pc = ns.wait_failing(AA, "TokenRequestFailed").await;
+    let message = degraded(&pc).unwrap().message.clone();
     assert!(message.contains("HTTP 503"), "{message}");
     assert!(
         message.contains("/altitude-angel/oauth/v2/token"),
@@ -229,8 +229,8 @@ async fn a_failing_refresh_keeps_the_valid_token_and_says_why() {
         )
         .await
         .unwrap();
-    let pc = ns.wait_ready(AA, "False", Some("Unauthorized")).await;
-    assert!(ready(&pc).unwrap().message.contains("HTTP 401"));
+    let pc = ns.wait_failing(AA, "Unauthorized").await;
+    assert!(degraded(&pc).unwrap().message.contains("HTTP 401"));
     assert_eq!(
         secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token").unwrap(),
         token
@@ -314,9 +314,9 @@ async fn printer_columns_show_in_kubectl() {
             "NAMESPACE",
             "NAME",
             "READY",
-            "SECRET",
+            "REASON",
             "EXPIRES",
-            "RENEW",
+            "NEXT",
             "AGE"
         ]
     );
@@ -324,9 +324,14 @@ async fn printer_columns_show_in_kubectl() {
         .lines()
         .find(|l| l.starts_with(&ns.name))
         .expect("our row");
-    let expires = pc.status.unwrap().expires_at.unwrap().0.to_string();
+    let status = pc.status.unwrap();
+    let expires = status.expires_at.unwrap().0.to_string();
+    let next = status.next_attempt_at.unwrap().0.to_string();
     assert!(
-        row.contains("True") && row.contains(AA_SECRET) && row.contains(&expires),
+        row.contains("True")
+            && row.contains("TokenIssued")
+            && row.contains(&expires)
+            && row.contains(&next),
         "{row}"
     );
     operator.stop().await;
@@ -474,13 +479,13 @@ async fn secret_values_never_reach_logs_events_or_status() {
         )
         .await
         .unwrap();
-    ns.wait_ready(AA, "False", Some("Unauthorized")).await;
+    ns.wait_failing(AA, "Unauthorized").await;
     let patch = serde_json::json!({"spec": {"inputs": {"keys": {"clientSecret": "absent"}}}});
     ns.api::<ProviderCredential>()
         .patch(AA, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let pc = ns.wait_ready(AA, "False", Some("InputKeyMissing")).await;
+    let pc = ns.wait_failing(AA, "InputKeyMissing").await;
 
     // the declarative HTTP provider: a JSON login whose body carries the planted password,
     // answered 401, and a revocation on delete
@@ -497,9 +502,7 @@ async fn secret_values_never_reach_logs_events_or_status() {
         .patch("json-login", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let jl = ns
-        .wait_ready("json-login-platform", "False", Some("Unauthorized"))
-        .await;
+    let jl = ns.wait_failing("json-login-platform", "Unauthorized").await;
     ns.api::<ProviderCredential>()
         .delete("json-login-platform", &DeleteParams::default())
         .await

@@ -41,10 +41,8 @@ async fn a_foreign_secret_is_never_overwritten() {
         .unwrap();
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
-    let pc = ns
-        .wait_ready(AA, "False", Some("SecretOwnedElsewhere"))
-        .await;
-    assert!(ready(&pc).unwrap().message.contains(AA_SECRET));
+    let pc = ns.wait_failing(AA, "SecretOwnedElsewhere").await;
+    assert!(degraded(&pc).unwrap().message.contains(AA_SECRET));
     let secret = secrets.get(AA_SECRET).await.unwrap();
     assert_eq!(
         secret_text(&secret, "token").as_deref(),
@@ -113,9 +111,9 @@ async fn plain_http_is_refused_without_the_flag_and_hosts_outside_the_allowlist_
     };
     let operator = Operator::start_with(&client, strict);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
-    let pc = ns.wait_ready(AA, "False", Some("InsecureURL")).await;
+    let pc = ns.wait_failing(AA, "InsecureURL").await;
     assert!(
-        ready(&pc)
+        degraded(&pc)
             .unwrap()
             .message
             .contains("--allow-insecure-http")
@@ -130,8 +128,8 @@ async fn plain_http_is_refused_without_the_flag_and_hosts_outside_the_allowlist_
         ..Config::default()
     };
     let operator = Operator::start_with(&client, allowlisted);
-    let pc = ns.wait_ready(AA, "False", Some("HostNotAllowed")).await;
-    assert!(ready(&pc).unwrap().message.contains("\"127.0.0.1\""));
+    let pc = ns.wait_failing(AA, "HostNotAllowed").await;
+    assert!(degraded(&pc).unwrap().message.contains("\"127.0.0.1\""));
     assert_eq!(fakes.state.count(AA_ROUTE), 0, "a refused host was called");
     let events = ns.events(AA).await;
     assert!(
@@ -178,10 +176,8 @@ async fn a_token_endpoint_behind_a_private_ca_works_with_the_bundle_and_fails_wi
 
     // without the bundle: the system roots do not know the CA
     ns.apply(&manifest).await;
-    let pc = ns
-        .wait_ready(AA, "False", Some("ProviderUnreachable"))
-        .await;
-    let message = ready(&pc).unwrap().message.to_lowercase();
+    let pc = ns.wait_failing(AA, "ProviderUnreachable").await;
+    let message = degraded(&pc).unwrap().message.to_lowercase();
     assert!(message.contains("certificate"), "{message}");
 
     // with the bundle from a Secret: Ready
@@ -199,7 +195,7 @@ async fn a_token_endpoint_behind_a_private_ca_works_with_the_bundle_and_fails_wi
         .patch(AA, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    ns.wait_ready(AA, "False", Some("CABundleNotFound")).await;
+    ns.wait_failing(AA, "CABundleNotFound").await;
     let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "vendor-ca"},
         "data": {"ca.crt": String::from_utf8(ca.ca_pem.clone()).unwrap()},
@@ -283,7 +279,7 @@ async fn metrics_are_served_with_plausible_values() {
         )
         .await
         .unwrap();
-    ns.wait_ready("json-login-platform", "False", Some("InputsNotFound"))
+    ns.wait_failing("json-login-platform", "InputsNotFound")
         .await;
 
     let get = |path: &'static str| async move {
@@ -628,10 +624,8 @@ async fn a_slow_provider_times_out_and_the_token_in_place_stays() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let pc = ns
-        .wait_ready(AA, "False", Some("ProviderUnreachable"))
-        .await;
-    let message = ready(&pc).unwrap().message.to_lowercase();
+    let pc = ns.wait_failing(AA, "ProviderUnreachable").await;
+    let message = degraded(&pc).unwrap().message.to_lowercase();
     assert!(message.contains("timed out"), "{message}");
     assert_eq!(
         secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token").unwrap(),

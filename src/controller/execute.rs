@@ -255,7 +255,11 @@ impl Reconcile<'_> {
             retry_after,
             now,
         );
-        let at = next.next_attempt_at.as_ref().map_or(now, |t| t.0);
+        let at = plan::wake_failing(
+            &next,
+            next.next_attempt_at.as_ref().map_or(now, |t| t.0),
+            now,
+        );
         self.write_status(next).await?;
         self.event(EventType::Warning, reason, message).await;
         Ok(requeue_at(at, now))

@@ -115,8 +115,8 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
     // a failure backs off before anything else is tried, so it never turns into a hot loop
     if let Some(until) = retry_at(status::last_failure(&prev).as_ref(), &snap.source, now) {
         return Ok(Plan::Wait {
-            until,
-            status: None,
+            until: wake_failing(&prev, until, now),
+            status: status::expire(&prev, now).map(Box::new),
         });
     }
     for secret in snap.output.iter().chain(snap.state_secret.iter()) {
@@ -159,7 +159,10 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
                 status: observed
                     .current
                     .filter(|_| prev.last_failure.is_none())
-                    .map(|c| Box::new(still_ready(snap, &prev, &c, next_wake(until, &state), now))),
+                    .map(|c| {
+                        let next = next_wake(until, &state);
+                        Box::new(still_ready(snap, &prev, &c, next, &state, now))
+                    }),
             });
         }
         Decision::Renew { why, grant } => (why, grant),
@@ -217,6 +220,17 @@ fn attempt(
     })))
 }
 
+/// When a failing credential wakes: at its next attempt, or when the token in place expires
+/// if sooner, so that Ready turns False on time.
+pub fn wake_failing(
+    status: &ProviderCredentialStatus,
+    next_attempt: Timestamp,
+    now: Timestamp,
+) -> Timestamp {
+    let expiry = status.expires_at.as_ref().map(|e| e.0).filter(|e| *e > now);
+    expiry.map_or(next_attempt, |e| e.min(next_attempt))
+}
+
 /// What the decision needs, from the snapshot and the state.
 fn observe(snap: &Snapshot, inputs: &Inputs, state: &State) -> Observed {
     let spec = &snap.pc.spec;
@@ -240,6 +254,7 @@ fn still_ready(
     prev: &ProviderCredentialStatus,
     current: &Current,
     next: Timestamp,
+    state: &State,
     now: Timestamp,
 ) -> ProviderCredentialStatus {
     let reason = status::ready_condition(prev)
@@ -247,7 +262,8 @@ fn still_ready(
         .and_then(|c| reason_named(&c.reason))
         .unwrap_or(Reason::TokenIssued);
     let fp = snap.output.as_ref().and_then(output::fingerprint);
-    status::success(prev, current, fp, reason, next, now)
+    let deadline = state.refresh_token.as_ref().and(state.refresh_expires_at);
+    status::success(prev, current, fp, reason, next, deadline, now)
 }
 
 fn reason_named(name: &str) -> Option<Reason> {
@@ -381,12 +397,14 @@ fn writes(
     })?;
     let fingerprint = token.value.fingerprint();
     let prev = pc.status.clone().unwrap_or_default();
+    let deadline = state.refresh_token.as_ref().and(state.refresh_expires_at);
     let status = status::success(
         &prev,
         &current,
         Some(fingerprint.clone()),
         reason,
         wake,
+        deadline,
         now,
     );
     let expiry = token
@@ -410,6 +428,11 @@ fn writes(
             pc.spec.output.secret_name
         ),
     ));
+    if let Some(warning) =
+        person_must_act(&observed, &prev, deadline, &pc.spec.inputs.secret_name, now)
+    {
+        events.push((EventType::Warning, Reason::RefreshTokenExpiring, warning));
+    }
     Ok(Writes {
         state: write_state,
         output,
@@ -421,6 +444,34 @@ fn writes(
         events,
         wake,
         fingerprint,
+    })
+}
+
+/// How long before a refresh token's deadline a person is warned, when only a person can renew
+/// the credential (its one-time inputs were spent): at least a day.
+pub const WARN_BEFORE_REFRESH_DEADLINE: SignedDuration = SignedDuration::from_hours(24);
+
+/// A warning, once per deadline, that the refresh token of a credential only a person can renew
+/// (an exchanged authorization code) dies soon.
+fn person_must_act(
+    observed: &Observed,
+    prev: &ProviderCredentialStatus,
+    deadline: Option<Timestamp>,
+    inputs_secret: &str,
+    now: Timestamp,
+) -> Option<String> {
+    let deadline = deadline?;
+    let window = |at: Timestamp| deadline <= renewal::add(at, WARN_BEFORE_REFRESH_DEADLINE);
+    if observed.primary_possible || !window(now) {
+        return None;
+    }
+    let warned = prev.refresh_token_expires_at.as_ref().map(|t| t.0) == Some(deadline)
+        && prev.last_refresh_at.as_ref().is_some_and(|t| window(t.0));
+    (!warned).then(|| {
+        format!(
+            "the refresh token dies at {deadline} and the one-time inputs were already used: before then a person must put a new authorization code (or refresh token) into Secret {:?}",
+            inputs_secret
+        )
     })
 }
 

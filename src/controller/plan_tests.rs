@@ -184,14 +184,7 @@ fn simulate(
             Plan::Fail(failed) => {
                 run.failures.push((now, failed.reason));
                 apply_failure(snap, &failed, now);
-                snap.pc
-                    .status
-                    .as_ref()
-                    .unwrap()
-                    .next_attempt_at
-                    .clone()
-                    .unwrap()
-                    .0
+                failure_wake(snap, now)
             }
             Plan::Fetch(mut attempt) => loop {
                 let grant = match attempt.grant {
@@ -208,15 +201,7 @@ fn simulate(
                         Err(failed) => {
                             run.failures.push((now, failed.reason));
                             apply_failure(snap, &failed, now);
-                            break snap
-                                .pc
-                                .status
-                                .as_ref()
-                                .unwrap()
-                                .next_attempt_at
-                                .clone()
-                                .unwrap()
-                                .0;
+                            break failure_wake(snap, now);
                         }
                     },
                     Err(e) => match on_error(snap, *attempt, &e) {
@@ -224,15 +209,7 @@ fn simulate(
                         AfterError::Fail(failed) => {
                             run.failures.push((now, failed.reason));
                             apply_failure(snap, &failed, now);
-                            break snap
-                                .pc
-                                .status
-                                .as_ref()
-                                .unwrap()
-                                .next_attempt_at
-                                .clone()
-                                .unwrap()
-                                .0;
+                            break failure_wake(snap, now);
                         }
                     },
                 }
@@ -243,6 +220,12 @@ fn simulate(
         now = next.max(add_secs(now, 1));
     }
     run
+}
+
+/// Where the executor requeues after a failure.
+fn failure_wake(snap: &Snapshot, now: Timestamp) -> Timestamp {
+    let status = snap.pc.status.as_ref().unwrap();
+    wake_failing(status, status.next_attempt_at.clone().unwrap().0, now)
 }
 
 /// The most requests inside any window of `window` seconds.
@@ -646,4 +629,101 @@ fn after_a_timeout_the_next_attempt_gives_up_sooner() {
         panic!()
     };
     assert!(attempt.shorter_timeout);
+}
+
+/// Issue 9: through a vendor outage the credential stays Ready while its token is valid,
+/// `Degraded` says why, `nextAttemptAt` is the next request, and Ready turns False at expiry.
+#[test]
+fn ready_through_an_outage_until_the_token_expires() {
+    let mut snap = snapshot(credential(GrantType::ClientCredentials));
+    let outage_from = t(400);
+    let requests = std::cell::RefCell::new(Vec::new());
+    let run_until = |snap: &mut Snapshot, from: i64, to: i64| {
+        simulate(snap, t(from), to - from, |now, _| {
+            requests.borrow_mut().push(now);
+            if now >= outage_from {
+                Err(ProviderError::Rejected {
+                    url: "https://auth.example/token".into(),
+                    status: 503,
+                    detail: None,
+                    retry_after: None,
+                })
+            } else {
+                Ok(token(now, Some(add_secs(now, 600)), None))
+            }
+        })
+    };
+    // issued at 0 (expires 600), renewal due at 400 fails
+    run_until(&mut snap, 0, 450);
+    let conditions = |snap: &Snapshot| {
+        let s = snap.pc.status.clone().unwrap();
+        let get = |ty: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .unwrap()
+        };
+        (get("Ready"), get("Degraded"), s.next_attempt_at.unwrap().0)
+    };
+    let (ready, degraded, next) = conditions(&snap);
+    assert_eq!(ready, ("True".into(), "RenewalFailing".into()));
+    assert_eq!(degraded, ("True".into(), "TokenRequestFailed".into()));
+    // nextAttemptAt is when the planner next asks the provider
+    let asked_before = requests.borrow().len();
+    run_until(&mut snap, 450, next.duration_since(t(0)).as_secs() + 1);
+    assert_eq!(requests.borrow().len(), asked_before + 1);
+    assert_eq!(*requests.borrow().last().unwrap(), next);
+    // past expiry (600): not Ready, with the failing renewal's reason
+    run_until(&mut snap, next.duration_since(t(0)).as_secs() + 1, 601);
+    let (ready, ..) = conditions(&snap);
+    assert_eq!(ready, ("False".into(), "TokenRequestFailed".into()));
+}
+
+/// Issue 9: a credential only a person can renew warns once per deadline, a day before its
+/// refresh token dies.
+#[test]
+fn a_person_is_warned_before_the_refresh_deadline() {
+    let snap = snapshot(credential(GrantType::AuthorizationCode));
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!("a missing token is fetched")
+    };
+    let far = token(t(0), Some(t(3600)), Some(("rt", t(30 * 86400))));
+    let writes = on_token(&snap, &attempt, far).unwrap();
+    assert!(
+        !writes
+            .events
+            .iter()
+            .any(|e| e.1 == Reason::RefreshTokenExpiring)
+    );
+    let near = token(t(0), Some(t(3600)), Some(("rt", t(20 * 3600))));
+    let writes = on_token(&snap, &attempt, near).unwrap();
+    let warning = writes
+        .events
+        .iter()
+        .find(|e| e.1 == Reason::RefreshTokenExpiring)
+        .expect("a warning");
+    assert_eq!(warning.0, EventType::Warning);
+    assert!(warning.2.contains("a person must"), "{}", warning.2);
+    assert_eq!(
+        writes.status.refresh_token_expires_at,
+        Some(Time(t(20 * 3600)))
+    );
+    // a password credential logs in again by itself: no warning
+    let snap = snapshot(credential(GrantType::Password));
+    let Plan::Fetch(attempt) = plan(&snap, t(0)) else {
+        panic!()
+    };
+    let writes = on_token(
+        &snap,
+        &attempt,
+        token(t(0), Some(t(3600)), Some(("rt", t(3600)))),
+    )
+    .unwrap();
+    assert!(
+        !writes
+            .events
+            .iter()
+            .any(|e| e.1 == Reason::RefreshTokenExpiring)
+    );
 }

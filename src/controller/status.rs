@@ -7,7 +7,10 @@ use crate::crd::{LastFailure, ProviderCredentialStatus};
 use crate::reason::Reason;
 use crate::renewal::{self, Current, Failure, Source};
 
+/// True while the output Secret holds a valid token, whatever the last renewal did.
 pub const READY: &str = "Ready";
+/// True while renewals fail; its reason and message say why.
+pub const DEGRADED: &str = "Degraded";
 
 /// Set a condition; `lastTransitionTime` moves only when the status flips.
 fn set_condition(
@@ -48,6 +51,7 @@ pub fn success(
     fingerprint: Option<String>,
     reason: Reason,
     next_attempt_at: Timestamp,
+    refresh_expires_at: Option<Timestamp>,
     now: Timestamp,
 ) -> ProviderCredentialStatus {
     let mut conditions = prev.conditions.clone();
@@ -65,6 +69,15 @@ pub fn success(
         generation,
         now,
     );
+    set_condition(
+        &mut conditions,
+        DEGRADED,
+        false,
+        reason.as_str(),
+        "the last renewal succeeded".into(),
+        generation,
+        now,
+    );
     ProviderCredentialStatus {
         conditions,
         observed_generation: generation,
@@ -75,7 +88,42 @@ pub fn success(
         inputs_hash: Some(current.source.inputs_hash.clone()),
         next_attempt_at: Some(Time(next_attempt_at)),
         last_failure: None,
+        refresh_token_expires_at: refresh_expires_at.map(Time),
     }
+}
+
+/// Whether the status says a token is in place that is still valid at `now`.
+fn token_valid(status: &ProviderCredentialStatus, now: Timestamp) -> bool {
+    status.token_fingerprint.is_some() && status.expires_at.as_ref().is_none_or(|e| now < e.0)
+}
+
+/// A status that says Ready while its token has expired since: Ready turns False with the
+/// failing renewal's reason. `None` when nothing changes.
+pub fn expire(prev: &ProviderCredentialStatus, now: Timestamp) -> Option<ProviderCredentialStatus> {
+    let ready = ready_condition(prev).filter(|c| c.status == "True")?;
+    let expired = prev.expires_at.as_ref().filter(|e| e.0 <= now)?;
+    let (reason, why) = match prev.last_failure.as_ref() {
+        Some(f) => (
+            f.reason.clone(),
+            prev.conditions
+                .iter()
+                .find(|c| c.type_ == DEGRADED)
+                .map(|c| format!("; renewal failing: {}", c.message))
+                .unwrap_or_default(),
+        ),
+        None => (Reason::TokenExpired.as_str().to_string(), String::new()),
+    };
+    let mut next = prev.clone();
+    set_condition(
+        &mut next.conditions,
+        READY,
+        false,
+        &reason,
+        format!("the token expired at {}{why}", expired.0),
+        ready.observed_generation,
+        now,
+    );
+    Some(next)
 }
 
 /// The last failure recorded in `status`, for the backoff gate.
@@ -106,19 +154,48 @@ pub fn failure(
 ) -> ProviderCredentialStatus {
     let mut next = prev.clone();
     let generation = Some(source.generation);
-    set_condition(
-        &mut next.conditions,
-        READY,
-        false,
-        reason.as_str(),
-        message,
-        generation,
-        now,
-    );
     let count = match last_failure(prev) {
         Some(f) if &f.source == source => f.count.saturating_add(1),
         _ => 1,
     };
+    let next_attempt = renewal::next_attempt(now, count, retry_after);
+    set_condition(
+        &mut next.conditions,
+        DEGRADED,
+        true,
+        reason.as_str(),
+        message.clone(),
+        generation,
+        now,
+    );
+    // a valid token in place keeps the credential Ready: workloads are fine until it expires
+    if token_valid(prev, now) {
+        let until = prev
+            .expires_at
+            .as_ref()
+            .map_or("it is replaced".to_string(), |e| e.0.to_string());
+        set_condition(
+            &mut next.conditions,
+            READY,
+            true,
+            Reason::RenewalFailing.as_str(),
+            format!(
+                "the token in place is valid until {until}; renewal is failing ({reason}, see the Degraded condition); next attempt at {next_attempt}"
+            ),
+            generation,
+            now,
+        );
+    } else {
+        set_condition(
+            &mut next.conditions,
+            READY,
+            false,
+            reason.as_str(),
+            message,
+            generation,
+            now,
+        );
+    }
     next.last_failure = Some(LastFailure {
         at: Time(now),
         count,
@@ -127,7 +204,7 @@ pub fn failure(
         inputs_hash: Some(source.inputs_hash.clone()),
         force_refresh: Some(source.force_refresh.clone()).filter(|f| !f.is_empty()),
     });
-    next.next_attempt_at = Some(Time(renewal::next_attempt(now, count, retry_after)));
+    next.next_attempt_at = Some(Time(next_attempt));
     next.observed_generation = generation;
     next
 }
@@ -165,9 +242,18 @@ mod tests {
             None,
             Reason::TokenIssued,
             t(800),
+            None,
             t(0),
         );
-        let s2 = success(&s1, &cur(), None, Reason::TokenRenewed, t(800), t(800));
+        let s2 = success(
+            &s1,
+            &cur(),
+            None,
+            Reason::TokenRenewed,
+            t(800),
+            None,
+            t(800),
+        );
         let c = ready_condition(&s2).unwrap();
         assert_eq!(c.last_transition_time, Time(t(0)));
         assert_eq!(c.reason, "TokenRenewed");
@@ -212,9 +298,88 @@ mod tests {
             (f.inputs_hash.as_deref(), f.reason.as_str()),
             (Some("h2"), "Unauthorized")
         );
-        let ok = success(&s, &cur(), None, Reason::TokenIssued, t(800), t(7));
+        let ok = success(&s, &cur(), None, Reason::TokenIssued, t(800), None, t(7));
         assert_eq!(ok.last_failure, None);
         assert_eq!(ok.inputs_hash.as_deref(), Some("h1"));
+    }
+
+    fn condition(s: &ProviderCredentialStatus, type_: &str) -> (String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    /// Issue 9: Ready means a valid token in place; a failing renewal is `Degraded`, and Ready
+    /// turns False when the token expires.
+    #[test]
+    fn ready_means_a_valid_token() {
+        let ok = success(
+            &Default::default(),
+            &cur(),
+            Some("fp".into()),
+            Reason::TokenIssued,
+            t(800),
+            None,
+            t(0),
+        );
+        assert_eq!(
+            condition(&ok, DEGRADED),
+            ("False".into(), "TokenIssued".into())
+        );
+        // the vendor fails at the renewal: still Ready, Degraded says why
+        let failing = failure(
+            &ok,
+            &src("h1"),
+            Reason::TokenRequestFailed,
+            "HTTP 503".into(),
+            None,
+            t(800),
+        );
+        assert_eq!(
+            condition(&failing, READY),
+            ("True".into(), "RenewalFailing".into())
+        );
+        assert_eq!(
+            condition(&failing, DEGRADED),
+            ("True".into(), "TokenRequestFailed".into())
+        );
+        let ready = ready_condition(&failing).unwrap();
+        assert_eq!(ready.last_transition_time, Time(t(0)), "Ready did not flip");
+        assert!(ready.message.contains("valid until"), "{}", ready.message);
+        // before expiry nothing changes; at expiry Ready turns False with the failure's reason
+        assert_eq!(expire(&failing, t(1199)), None);
+        let expired = expire(&failing, t(1200)).unwrap();
+        assert_eq!(
+            condition(&expired, READY),
+            ("False".into(), "TokenRequestFailed".into())
+        );
+        // a failure after expiry is not Ready either
+        let later = failure(
+            &expired,
+            &src("h1"),
+            Reason::TokenRequestFailed,
+            "HTTP 503".into(),
+            None,
+            t(1300),
+        );
+        assert_eq!(
+            condition(&later, READY),
+            ("False".into(), "TokenRequestFailed".into())
+        );
+        // recovery
+        let back = success(
+            &later,
+            &cur(),
+            Some("fp2".into()),
+            Reason::TokenRenewed,
+            t(2000),
+            None,
+            t(1310),
+        );
+        assert_eq!(
+            condition(&back, READY),
+            ("True".into(), "TokenRenewed".into())
+        );
+        assert_eq!(condition(&back, DEGRADED).0, "False");
     }
 
     #[test]

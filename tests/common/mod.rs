@@ -244,6 +244,22 @@ impl TestNs {
         .await
     }
 
+    /// Wait until a renewal of `name` fails with `reason` (its `Degraded` condition; `Ready`
+    /// stays True while a valid token is in place).
+    pub async fn wait_failing(&self, name: &str, reason: &str) -> ProviderCredential {
+        let api = self.api::<ProviderCredential>();
+        eventually(
+            &format!("{name} Degraded=True {reason}"),
+            Duration::from_secs(60),
+            || async {
+                let pc = api.get(name).await.ok()?;
+                let c = degraded(&pc)?;
+                (c.status == "True" && c.reason == reason).then_some(pc)
+            },
+        )
+        .await
+    }
+
     /// The events about `name`.
     pub async fn events(&self, name: &str) -> Vec<Event> {
         let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
@@ -268,6 +284,16 @@ pub fn ready(
         .conditions
         .iter()
         .find(|c| c.type_ == "Ready")
+}
+
+pub fn degraded(
+    pc: &ProviderCredential,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    pc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
 }
 
 pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
