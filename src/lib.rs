@@ -6,11 +6,11 @@
 //! - [`controller`]: reconcile, Secret writing and status.
 //! - [`check`]: one fetch without a cluster, for `tokensync check`.
 
+pub mod admin;
 pub mod check;
 pub mod controller;
 pub mod crd;
 pub mod election;
-pub mod admin;
 pub mod metrics;
 pub mod providers;
 pub mod renewal;

@@ -31,7 +31,10 @@ fn render(release: &str, namespace: &str, set: &[&str]) -> Vec<serde_json::Value
     let text = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Option<serde_json::Value>> =
         serde_saphyr::from_multiple(&text).expect("helm template renders YAML");
-    docs.into_iter().flatten().filter(|v| !v.is_null()).collect()
+    docs.into_iter()
+        .flatten()
+        .filter(|v| !v.is_null())
+        .collect()
 }
 
 /// Apply documents with the admin identity (kubectl server-side apply).

@@ -22,8 +22,8 @@ pub use output::{MANAGED_BY_LABEL, MANAGER};
 pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
 pub use status::{REASON_ISSUED, REASON_RENEWED};
 
-use crate::crd::ProviderCredential;
 use crate::admin::Health;
+use crate::crd::ProviderCredential;
 use crate::metrics::Metrics;
 use crate::providers::{self, Egress};
 
