@@ -23,6 +23,11 @@
 //! - peak token requests per minute per failing credential, over the vendor's fault windows.
 //!
 //! It asserts nothing about the operator: it fails only when the harness itself breaks.
+//! With `CHAOS_LIES=1`, a seventh of the fault windows are lies instead: the vendor answers an
+//! absurd `expires_in` (`1e15`, `-30`, `0`, `"3600"`, a year) or absolute expiry for tokens that
+//! really live their short lifetime. An operator that believes them serves expired tokens after
+//! the lie ends; it is off by default because no operator can be blamed for all of it.
+//!
 //! Environment: `CHAOS_MINUTES` (default 10; fractions allowed), `CHAOS_SEED` (default: from the
 //! clock; printed), `CHAOS_OUT`, `CHAOS_TOKENSYNC_BIN` (the operator binary; default the one
 //! cargo built for this test), `KUBECONFIG`. The operator's log goes to `target/chaos-operator.log`
@@ -201,6 +206,77 @@ fn random_fault(rng: &mut Rng) -> Fault {
     }
 }
 
+/// What a vendor does wrong in a window: a fault, or (with `CHAOS_LIES=1`) answering an absurd
+/// expiry for the tokens it issues, which really live their configured lifetime.
+#[derive(Clone, Debug)]
+enum Trouble {
+    Fault(Fault),
+    /// `(expires_in, absolute expiry)` answered instead of the truth, where the vendor has them.
+    Lie(Option<Value>, Option<Value>),
+}
+
+impl Trouble {
+    fn random(rng: &mut Rng, vendor: Vendor, lies: bool) -> Self {
+        if !lies || rng.range(0, 6) != 0 {
+            return Trouble::Fault(random_fault(rng));
+        }
+        let pick = |rng: &mut Rng, values: &[Value]| {
+            values[rng.range(0, values.len() as u64 - 1) as usize].clone()
+        };
+        match vendor {
+            Vendor::JsonLogin => Trouble::Lie(
+                None,
+                Some(pick(rng, &[json!(1e18), json!(-1), json!("tomorrow")])),
+            ),
+            Vendor::DronetagPat => Trouble::Lie(
+                None,
+                Some(pick(
+                    rng,
+                    &[json!("9999-12-31T23:59:59Z"), json!("soon"), json!(0)],
+                )),
+            ),
+            _ => Trouble::Lie(
+                Some(pick(
+                    rng,
+                    &[
+                        json!(1e15),
+                        json!(-30),
+                        json!(0),
+                        json!("3600"),
+                        json!(31536000),
+                    ],
+                )),
+                None,
+            ),
+        }
+    }
+
+    fn apply(&self, state: &State, vendor: Vendor) {
+        match self {
+            Trouble::Fault(f) => state.set_fault(vendor, f.clone()),
+            Trouble::Lie(expires_in, expires_at) => {
+                state.set_expires_in_override(vendor, expires_in.clone());
+                state.set_expires_at_override(vendor, expires_at.clone());
+            }
+        }
+    }
+
+    fn clear(state: &State, vendor: Vendor) {
+        state.clear_fault(vendor);
+        state.set_expires_in_override(vendor, None);
+        state.set_expires_at_override(vendor, None);
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Trouble::Fault(f) => json!(f),
+            Trouble::Lie(expires_in, expires_at) => {
+                json!({"lie": {"expires_in": expires_in, "expires_at": expires_at}})
+            }
+        }
+    }
+}
+
 /// When each vendor was faulty, in seconds since the run started.
 #[derive(Default)]
 struct Health {
@@ -209,15 +285,15 @@ struct Health {
 
 #[derive(Clone, Debug)]
 struct Window {
-    fault: Fault,
+    trouble: Trouble,
     start: f64,
     end: Option<f64>,
 }
 
 impl Health {
-    fn open(&mut self, vendor: Vendor, fault: Fault, at: f64) {
+    fn open(&mut self, vendor: Vendor, trouble: Trouble, at: f64) {
         self.windows.entry(vendor).or_default().push(Window {
-            fault,
+            trouble,
             start: at,
             end: None,
         });
@@ -234,10 +310,22 @@ impl Health {
         }
     }
 
+    /// Any trouble (fault or lie) during `a..=b`.
     fn faulty_during(&self, vendor: Vendor, a: f64, b: f64) -> bool {
         self.windows.get(&vendor).is_some_and(|ws| {
             ws.iter()
                 .any(|w| w.start <= b && w.end.is_none_or(|e| e >= a))
+        })
+    }
+
+    /// A fault (requests fail) during `a..=b`.
+    fn failing_during(&self, vendor: Vendor, a: f64, b: f64) -> bool {
+        self.windows.get(&vendor).is_some_and(|ws| {
+            ws.iter().any(|w| {
+                matches!(w.trouble, Trouble::Fault(_))
+                    && w.start <= b
+                    && w.end.is_none_or(|e| e >= a)
+            })
         })
     }
 
@@ -347,6 +435,7 @@ async fn drive(
     mut rng: Rng,
     start: Instant,
     end: Instant,
+    lies: bool,
 ) -> OperatorProcess {
     let at = |t: Instant| t.duration_since(start).as_secs_f64();
     let mut next_kill = Instant::now() + rng.secs(20, 90);
@@ -384,15 +473,15 @@ async fn drive(
             }
             let mut h = health.lock().unwrap();
             if h.faulty_during(vendor, at(now), at(now)) {
-                state.clear_fault(vendor);
+                Trouble::clear(&state, vendor);
                 h.close(vendor, at(now));
                 eprintln!("chaos: t={:.0}s {} healthy", at(now), vendor.name());
                 next_toggle.insert(vendor, now + rng.secs(45, 150));
             } else {
-                let fault = random_fault(&mut rng);
-                eprintln!("chaos: t={:.0}s {} {fault:?}", at(now), vendor.name());
-                state.set_fault(vendor, fault.clone());
-                h.open(vendor, fault, at(now));
+                let trouble = Trouble::random(&mut rng, vendor, lies);
+                eprintln!("chaos: t={:.0}s {} {trouble:?}", at(now), vendor.name());
+                trouble.apply(&state, vendor);
+                h.open(vendor, trouble, at(now));
                 next_toggle.insert(vendor, now + rng.secs(10, 60));
             }
         }
@@ -403,7 +492,7 @@ async fn drive(
     {
         let mut h = health.lock().unwrap();
         for vendor in Vendor::ALL {
-            state.clear_fault(vendor);
+            Trouble::clear(&state, vendor);
             h.close(vendor, at(now));
         }
     }
@@ -524,6 +613,7 @@ async fn chaos() {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         });
+    let lies = std::env::var("CHAOS_LIES").is_ok_and(|v| v == "1");
     let out = std::env::var_os("CHAOS_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/chaos.json"));
@@ -621,6 +711,7 @@ async fn chaos() {
         Rng::new(rng.next()),
         start,
         chaos_end,
+        lies,
     ));
 
     // sample every second
@@ -647,10 +738,12 @@ async fn chaos() {
                 let delta = count - last_counts[&vendor];
                 last_counts.insert(vendor, count);
                 let l = load.entry(vendor).or_default();
-                if h.faulty_during(vendor, last_t, t) {
+                if h.failing_during(vendor, last_t, t) {
                     l.fault_seconds += t - last_t;
                     l.fault_requests += delta;
                     l.fault_timeline.push((t, delta));
+                } else if h.faulty_during(vendor, last_t, t) {
+                    l.other_requests += delta;
                 } else if h.settled(needs(vendor), lifetime(vendor), last_t, t) {
                     l.settled_seconds += t - last_t;
                     l.settled_requests += delta;
@@ -788,6 +881,7 @@ async fn chaos() {
         &health,
         Summary {
             seed,
+            lies,
             minutes,
             recovery_seconds: recovery.as_secs(),
             elapsed,
@@ -804,6 +898,7 @@ async fn chaos() {
 
 struct Summary {
     seed: u64,
+    lies: bool,
     minutes: f64,
     recovery_seconds: u64,
     elapsed: f64,
@@ -896,7 +991,7 @@ fn report(
             .get(&vendor)
             .into_iter()
             .flatten()
-            .map(|w| json!({"fault": w.fault, "start_s": round2(w.start), "end_s": w.end.map(round2)}))
+            .map(|w| json!({"fault": w.trouble.to_json(), "start_s": round2(w.start), "end_s": w.end.map(round2)}))
             .collect();
         vendors.push(json!({
             "vendor": vendor.name(),
@@ -936,6 +1031,7 @@ fn report(
     let report = json!({
         "seed": s.seed,
         "chaos_minutes": s.minutes,
+        "lies": s.lies,
         "recovery_seconds": s.recovery_seconds,
         "elapsed_seconds": round2(s.elapsed),
         "operator_starts": s.operator_starts,
@@ -969,8 +1065,9 @@ fn print_table(r: &Value) {
         other => other.to_string(),
     };
     println!(
-        "\nchaos run: seed {}, {} min chaos + {} s recovery, {} operator starts, {} SIGKILLs, {} exits not caused by the harness, {} samples ({} failed)",
+        "\nchaos run: seed {}, lies {}, {} min chaos + {} s recovery, {} operator starts, {} SIGKILLs, {} exits not caused by the harness, {} samples ({} failed)",
         r["seed"],
+        r["lies"],
         r["chaos_minutes"],
         r["recovery_seconds"],
         r["operator_starts"],
@@ -1063,7 +1160,10 @@ fn print_table(r: &Value) {
             show(&v["expired_tokens_served_while_healthy"]),
         );
     }
-    println!("\ncredential                       tokens expired  no-token-s  last Ready");
+    println!(
+        "\n{:<32} {:>6} {:>7} {:>7} {:>10}  last Ready",
+        "credential", "tokens", "expired", "revoked", "no-token-s"
+    );
     for c in r["credentials"].as_array().into_iter().flatten() {
         println!(
             "{:<32} {:>6} {:>7} {:>7} {:>10}  {}",

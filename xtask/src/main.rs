@@ -200,8 +200,8 @@ fn test() -> Result {
 }
 
 /// The chaos soak of tests/chaos.rs (an ignored test): the control plane as `test` has it, the
-/// operator binary built, then the test with CHAOS_MINUTES. CHAOS_SEED, CHAOS_OUT and
-/// CHAOS_TOKENSYNC_BIN pass through from the environment.
+/// operator binary built, then the test with CHAOS_MINUTES. CHAOS_SEED, CHAOS_LIES, CHAOS_OUT
+/// and CHAOS_TOKENSYNC_BIN pass through from the environment.
 fn chaos(args: &[String]) -> Result {
     let minutes = match args {
         [] => "10".to_string(),
