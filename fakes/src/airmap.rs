@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::common::{Vendor, enter, json_body, jwt, message, now_secs, oauth_error};
-use crate::{CLIENT_ID, PASSWORD, State, USERNAME};
+use crate::common::{
+    Vendor, enter, json_body, jwt, message, now_secs, oauth_error, session_not_active,
+};
+use crate::{CLIENT_ID, PASSWORD, Refused, Session, State, USERNAME};
 
 const V: Vendor = Vendor::AirMap;
 pub const CONNECTION: &str = "Username-Password-Authentication";
@@ -29,12 +31,14 @@ pub fn router() -> Router<Arc<State>> {
         .route("/delegation", post(delegation))
 }
 
-fn id_token(state: &State) -> (String, u64) {
-    let lifetime = state.lifetime(V);
+/// A new `id_token` of `session` (or of no session: a login without `offline_access`).
+fn id_token(state: &State, session: Option<Session>) -> (String, u64) {
+    let lifetime = state.session_lifetime(V, session);
     let now = now_secs();
+    let exp = state.expires_at_value(V, json!(now.saturating_add(lifetime)));
     let token = jwt(json!({
         "iss": "https://sso.airmap.io/", "sub": format!("auth0|{USERNAME}"), "aud": CLIENT_ID,
-        "iat": now, "exp": now + lifetime, "jti": state.mint("jti"),
+        "iat": now, "exp": exp, "jti": state.mint("jti"),
     }));
     state.issue(V, &token, lifetime, vec![]);
     (token, lifetime)
@@ -72,11 +76,15 @@ async fn resource_owner(
     }
     let scopes: Vec<&str> = f("scope").split(' ').collect();
     let mut answer = json!({"access_token": state.mint("am-at"), "token_type": "bearer"});
+    let session = if scopes.contains(&"offline_access") {
+        let (refresh_token, session) = state.new_refresh_token(V);
+        answer["refresh_token"] = refresh_token.into();
+        Some(session)
+    } else {
+        None
+    };
     if scopes.contains(&"openid") {
-        answer["id_token"] = id_token(&state).0.into();
-    }
-    if scopes.contains(&"offline_access") {
-        answer["refresh_token"] = state.new_refresh_token(V).0.into();
+        answer["id_token"] = id_token(&state, session).0.into();
     }
     axum::Json(answer).into_response()
 }
@@ -101,17 +109,22 @@ async fn delegation(
             "grant_type must be the jwt-bearer URN",
         );
     }
-    if state
-        .use_refresh_token(V, f("refresh_token"), false)
-        .is_none()
-    {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_refresh_token",
-            "invalid refresh token",
-        );
-    }
-    let (token, lifetime) = id_token(&state);
-    axum::Json(json!({"token_type": "Bearer", "expires_in": lifetime, "id_token": token}))
-        .into_response()
+    let session = match state.use_refresh_token(V, f("refresh_token"), false) {
+        Ok(session) => session,
+        Err(Refused::NotActive) => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                "invalid refresh token",
+            );
+        }
+        Err(Refused::SessionEnded) => return session_not_active(),
+    };
+    let (token, lifetime) = id_token(&state, Some(session));
+    axum::Json(json!({
+        "token_type": "Bearer",
+        "expires_in": state.expires_in_value(V, lifetime),
+        "id_token": token,
+    }))
+    .into_response()
 }

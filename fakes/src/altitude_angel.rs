@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::common::{Vendor, enter, form, not_a_form, oauth_error};
-use crate::{CLIENT_ID, CLIENT_SECRET, State};
+use crate::common::{Vendor, enter, form, not_a_form, now_secs, oauth_error, session_not_active};
+use crate::{CLIENT_ID, CLIENT_SECRET, Refused, Session, State};
 
 const V: Vendor = Vendor::AltitudeAngel;
 /// The scopes declared for the example client in the developer portal.
@@ -72,7 +72,7 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
     if p("client_id") != CLIENT_ID {
         return unauthorized("unknown client");
     }
-    match grant.as_str() {
+    let refreshed = match grant.as_str() {
         "client_credentials" => {
             if p("client_secret") != CLIENT_SECRET {
                 return unauthorized("bad client credentials");
@@ -88,6 +88,7 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
                     "scope not declared for this client",
                 );
             }
+            None
         }
         "authorization_code" => {
             if p("redirect_uri") != REDIRECT_URI || !state.take_code(V, p("code")) {
@@ -97,20 +98,22 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
                     "unknown or used authorization code",
                 );
             }
+            None
         }
         "refresh_token" => {
             if p("client_secret") != CLIENT_SECRET {
                 return unauthorized("bad client credentials");
             }
-            if state
-                .use_refresh_token(V, p("refresh_token"), true)
-                .is_none()
-            {
-                return oauth_error(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_grant",
-                    "refresh token expired or revoked",
-                );
+            match state.use_refresh_token(V, p("refresh_token"), true) {
+                Ok(session) => Some(session),
+                Err(Refused::NotActive) => {
+                    return oauth_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_grant",
+                        "refresh token expired or revoked",
+                    );
+                }
+                Err(Refused::SessionEnded) => return session_not_active(),
             }
         }
         _ => {
@@ -120,8 +123,19 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
                 "unknown grant_type",
             );
         }
-    }
-    let lifetime = state.lifetime(V);
+    };
+    // a login starts a session; a refresh carries its session on with a fresh deadline
+    let (refresh_token, session) = match refreshed {
+        None => state.new_refresh_token(V),
+        Some(session) => {
+            let session = Session {
+                deadline: now_secs().saturating_add(state.refresh_lifetime(V)),
+                ..session
+            };
+            (state.rotate_refresh_token(V, session), session)
+        }
+    };
+    let lifetime = state.session_lifetime(V, Some(session));
     let access_token = state.mint("aa-at");
     state.issue(V, &access_token, lifetime, vec![]);
     (
@@ -129,8 +143,8 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         axum::Json(json!({
             "access_token": access_token,
             "token_type": "bearer",
-            "expires_in": lifetime,
-            "refresh_token": state.new_refresh_token(V).0,
+            "expires_in": state.expires_in_value(V, lifetime),
+            "refresh_token": refresh_token,
         })),
     )
         .into_response()

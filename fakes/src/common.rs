@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::State;
@@ -23,6 +24,21 @@ pub enum Vendor {
 }
 
 impl Vendor {
+    /// Every vendor the fakes serve.
+    pub const ALL: [Vendor; 6] = [
+        Vendor::AltitudeAngel,
+        Vendor::Pix4d,
+        Vendor::Dronetag,
+        Vendor::DronetagPat,
+        Vendor::AirMap,
+        Vendor::JsonLogin,
+    ];
+
+    /// The vendor whose [`Vendor::name`] is `name`.
+    pub fn from_name(name: &str) -> Option<Vendor> {
+        Vendor::ALL.into_iter().find(|v| v.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Vendor::AltitudeAngel => "altitude-angel",
@@ -55,27 +71,67 @@ impl Vendor {
     }
 }
 
+/// How long a [`Fault::Hang`] holds a request at most, so that the server task ends.
+pub const HANG_LIMIT: Duration = Duration::from_secs(600);
+
 /// A fault a test can switch on for one vendor.
-#[derive(Clone, Debug)]
+///
+/// In JSON (the `fake-providers serve` admin endpoint): `{"status": 503}`, `{"delay": 1500}`
+/// (milliseconds), `"malformed"`, `"oversized"`, `"hang"`,
+/// `{"rate_limited": {"retry_after_secs": 30}}`, `{"empty_status": 400}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// Answer with this status and an OAuth-style error body.
     Status(u16),
     /// Wait this long, then answer normally.
-    Delay(Duration),
+    Delay(#[serde(with = "millis")] Duration),
     /// Answer 200 with a body that is not JSON.
     Malformed,
     /// Answer 200 with a JSON body of 2 MiB.
     Oversized,
+    /// Accept the request and never answer: the connection stays open until the client gives
+    /// up, the server stops, or [`HANG_LIMIT`] passes (then 504).
+    Hang,
+    /// Answer 429 with `Retry-After: <retry_after_secs>` and an OAuth-style error body.
+    RateLimited { retry_after_secs: u64 },
+    /// Answer this status with an empty body (as real servers answer a dead refresh token with
+    /// a bare 400).
+    EmptyStatus(u16),
+}
+
+/// `Duration` as whole milliseconds in JSON.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// The status of a fault: a final status (200-599) as given, anything else 500.
+fn final_status(code: u16) -> StatusCode {
+    match StatusCode::from_u16(code) {
+        Ok(status) if (200..600).contains(&code) => status,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// Count the request and apply the vendor's fault, if any; `Some` is the response to give instead.
 pub async fn enter(state: &State, vendor: Vendor, route: String) -> Option<Response> {
     state.hit(format!("{} {route}", vendor.name()));
     match state.fault(vendor)? {
-        Fault::Status(code) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            Some(oauth_error(status, "server_error", "injected fault"))
-        }
+        Fault::Status(code) => Some(oauth_error(
+            final_status(code),
+            "server_error",
+            "injected fault",
+        )),
         Fault::Delay(d) => {
             crate::delay(d).await;
             None
@@ -92,6 +148,26 @@ pub async fn enter(state: &State, vendor: Vendor, route: String) -> Option<Respo
             )
                 .into_response(),
         ),
+        Fault::Hang => {
+            state.hang().await;
+            Some(oauth_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "temporarily_unavailable",
+                "the request hung",
+            ))
+        }
+        Fault::RateLimited { retry_after_secs } => {
+            let mut response = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                &format!("rate limit exceeded; retry after {retry_after_secs} s"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            Some(response)
+        }
+        Fault::EmptyStatus(code) => Some(final_status(code).into_response()),
     }
 }
 
@@ -102,6 +178,15 @@ pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Respon
         axum::Json(json!({"error": error, "error_description": description})),
     )
         .into_response()
+}
+
+/// Keycloak's answer to a refresh in a session past `ssoSessionMaxLifespan`.
+pub fn session_not_active() -> Response {
+    oauth_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        "Session not active",
+    )
 }
 
 /// A form body; `None` unless sent as `application/x-www-form-urlencoded` (answer [`not_a_form`]).

@@ -5,7 +5,8 @@
 //! the `refresh_token` grant. Answers `access_token` (a JWT), `expires_in` 1200,
 //! `refresh_expires_in` (the session's remaining time, 604800 at login), `refresh_token`
 //! (rotated on every use), `token_type: Bearer`, `not-before-policy`, `session_state`, `scope`.
-//! A dead refresh token answers 400 `invalid_grant` "Token is not active", as Keycloak does.
+//! A dead refresh token answers 400 `invalid_grant` "Token is not active", as Keycloak does; one
+//! of a session past its maximum ([`crate::State::set_session_max`]) "Session not active".
 //!
 //! Personal access tokens under the API host: JSON POST `/v2/pats/tokens` authorised by a live
 //! OIDC access token (`Authorization: Bearer`), body `{"password", "expires_at": "YYYY-MM-DD"}`,
@@ -26,7 +27,7 @@ use crate::common::{
     Vendor, basic_credentials, bearer, enter, form, json_body, jwt, message, not_a_form, now_secs,
     oauth_error,
 };
-use crate::{CLIENT_ID, CLIENT_SECRET, PASSWORD, State, USERNAME};
+use crate::{CLIENT_ID, CLIENT_SECRET, PASSWORD, Refused, State, USERNAME};
 
 const REALM: &str = "/realms/dcp";
 
@@ -81,7 +82,7 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
             "Invalid client or Invalid client credentials",
         );
     }
-    let (refresh_token, deadline) = match grant.as_str() {
+    let (refresh_token, session) = match grant.as_str() {
         "password" => {
             if p("username") != USERNAME || p("password") != PASSWORD {
                 return oauth_error(
@@ -95,17 +96,17 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         "refresh_token" => {
             match state.use_refresh_token(Vendor::Dronetag, &p("refresh_token"), true) {
                 // rotated: a new refresh token for the same session, same deadline
-                Some(deadline) => (
-                    state.rotate_refresh_token(Vendor::Dronetag, deadline),
-                    deadline,
+                Ok(session) => (
+                    state.rotate_refresh_token(Vendor::Dronetag, session),
+                    session,
                 ),
-                None => {
+                Err(refused) => {
                     state.hit("dronetag token refresh_token rejected".into());
-                    return oauth_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_grant",
-                        "Token is not active",
-                    );
+                    let description = match refused {
+                        Refused::NotActive => "Token is not active",
+                        Refused::SessionEnded => "Session not active",
+                    };
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description);
                 }
             }
         }
@@ -117,17 +118,21 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
             );
         }
     };
-    let lifetime = state.lifetime(Vendor::Dronetag);
+    let lifetime = state.session_lifetime(Vendor::Dronetag, Some(session));
     let now = now_secs();
+    let exp = state.expires_at_value(Vendor::Dronetag, json!(now.saturating_add(lifetime)));
     let access_token = jwt(json!({
         "iss": "dronetag-auth/realms/dcp", "sub": USERNAME, "typ": "Bearer",
-        "exp": now + lifetime, "iat": now, "jti": state.mint("jti"),
+        "exp": exp, "iat": now, "jti": state.mint("jti"),
     }));
     state.issue(Vendor::Dronetag, &access_token, lifetime, vec![]);
     axum::Json(json!({
         "access_token": access_token,
-        "expires_in": lifetime,
-        "refresh_expires_in": deadline.saturating_sub(now),
+        "expires_in": state.expires_in_value(Vendor::Dronetag, lifetime),
+        "refresh_expires_in": state.refresh_expires_in_value(
+            Vendor::Dronetag,
+            state.refresh_left(Vendor::Dronetag, session),
+        ),
         "refresh_token": refresh_token,
         "token_type": "Bearer",
         "not-before-policy": 0,
@@ -183,7 +188,10 @@ async fn mint_pat(
         axum::Json(json!({
             "id": issued.id,
             "token": token,
-            "expires_at": rfc3339(issued.expires_at),
+            "expires_at": state.expires_at_value(
+                Vendor::DronetagPat,
+                rfc3339(issued.expires_at).into(),
+            ),
         })),
     )
         .into_response()
@@ -197,7 +205,11 @@ fn days_since_epoch(date: &str) -> Option<u64> {
         parts.next()?.parse().ok()?,
         parts.next()?.parse().ok()?,
     );
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if parts.next().is_some()
+        || !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
         return None;
     }
     // Howard Hinnant's days_from_civil
@@ -240,6 +252,7 @@ mod tests {
         assert_eq!(days_since_epoch("1970-01-02"), Some(1));
         assert_eq!(days_since_epoch("2025-09-09"), Some(20340));
         assert_eq!(days_since_epoch("2025-13-01"), None);
+        assert_eq!(days_since_epoch("9223372036854775807-01-01"), None);
         assert_eq!(rfc3339(20340 * 86400 + 3661), "2025-09-09T01:01:01Z");
     }
 }

@@ -40,7 +40,7 @@ fn parse_expires_in(text: &str) -> Option<u64> {
         "year" => 365 * 86400,
         _ => return None,
     };
-    Some(n * secs)
+    n.checked_mul(secs)
 }
 
 fn normalise(scope: &str) -> String {
@@ -83,7 +83,7 @@ fn new_token(state: &State, body: &Value) -> Result<Value, Response> {
     Ok(json!({
         "_id": issued.id,
         "issuedAt": now_ms,
-        "expiresAt": issued.expires_at * 1000,
+        "expiresAt": state.expires_at_value(V, json!(issued.expires_at.saturating_mul(1000))),
         "token": token,
     }))
 }
@@ -152,7 +152,7 @@ async fn list(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Respon
         .issued(V)
         .into_iter()
         .filter(|i| !i.revoked && i.expires_at > now)
-        .map(|i| json!({"_id": i.id, "expiresAt": i.expires_at * 1000, "scopes": i.scopes}))
+        .map(|i| json!({"_id": i.id, "expiresAt": i.expires_at.saturating_mul(1000), "scopes": i.scopes}))
         .collect();
     axum::Json(tokens).into_response()
 }
@@ -187,5 +187,6 @@ mod tests {
         assert_eq!(parse_expires_in("1 day"), Some(86400));
         assert_eq!(parse_expires_in("5 years"), Some(5 * 365 * 86400));
         assert_eq!(parse_expires_in("8d"), None);
+        assert_eq!(parse_expires_in("18446744073709551615 years"), None);
     }
 }

@@ -3,8 +3,10 @@
 //! Each vendor is served under its own path prefix with the paths, field names, body encodings,
 //! status codes and lifetimes of its documents (`shared/seeds/`): a client that gets a field name
 //! or an encoding wrong fails here as it would at the vendor. Lifetimes are configurable (short in
-//! tests); every request is counted; faults (status codes, delays, malformed bodies) can be
-//! switched on and off at run time.
+//! tests); every request is counted; faults (status codes, delays, malformed or empty bodies,
+//! hung connections, rate limiting), absurd lifetimes in the answers and a capped login session
+//! can be switched on and off at run time, per vendor, through [`State`]. All of them are opt-in:
+//! without them every fake answers as its vendor's documents say.
 
 // Handlers answer errors with axum Responses; their size does not matter in a test server.
 #![allow(clippy::result_large_err)]
@@ -16,12 +18,17 @@ mod dronetag;
 mod json_login;
 mod pix4d;
 
+pub mod admin;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use common::{Fault, Vendor};
+use serde_json::Value;
+
+pub use common::{Fault, HANG_LIMIT, Vendor};
 
 /// Credentials every fake accepts; the manifests in `examples/` carry the same placeholders.
 pub const CLIENT_ID: &str = "example-client-id";
@@ -50,9 +57,11 @@ pub fn rewrite_urls(manifest: &str, base: &str) -> String {
 }
 
 /// The state all fakes share.
-#[derive(Default)]
 pub struct State {
     inner: Mutex<Inner>,
+    /// Set when the server stops: hung requests are let go.
+    closed: AtomicBool,
+    closing: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -65,20 +74,55 @@ struct Inner {
     refresh_lifetimes: BTreeMap<Vendor, u64>,
     /// One-time authorization codes still unused, by vendor.
     codes: BTreeMap<Vendor, Vec<String>>,
-    /// Live refresh tokens and their deadlines (epoch seconds), by vendor.
-    refresh_tokens: BTreeMap<Vendor, Vec<(String, u64)>>,
+    /// Live refresh tokens and their sessions, by vendor.
+    refresh_tokens: BTreeMap<Vendor, Vec<(String, Session)>>,
     /// Every access token issued, by vendor, in order.
     issued: BTreeMap<Vendor, Vec<Issued>>,
+    /// Values answered instead of the true `expires_in`, `refresh_expires_in` and absolute expiry.
+    expires_in_overrides: BTreeMap<Vendor, Value>,
+    refresh_expires_in_overrides: BTreeMap<Vendor, Value>,
+    expires_at_overrides: BTreeMap<Vendor, Value>,
+    /// The longest a login session lives (Keycloak's `ssoSessionMaxLifespan`), by vendor.
+    session_max: BTreeMap<Vendor, u64>,
+}
+
+/// A login session (password grant, authorization code, resource-owner login) that refresh
+/// tokens carry on: when it started and when its current refresh token dies (epoch seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub start: u64,
+    pub deadline: u64,
+}
+
+/// Why a refresh token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Unknown, used (rotated away), revoked or past its deadline.
+    NotActive,
+    /// Its session reached the session maximum ([`State::set_session_max`]).
+    SessionEnded,
 }
 
 /// An access token a fake issued.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Issued {
     pub token: String,
     pub id: String,
+    /// When the token really dies (epoch seconds), whatever the answer said
+    /// ([`State::set_expires_in_override`] changes only the answer).
     pub expires_at: u64,
     pub scopes: Vec<String>,
     pub revoked: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            closed: AtomicBool::new(false),
+            closing: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl State {
@@ -169,35 +213,153 @@ impl State {
             .unwrap_or(vendor.default_refresh_lifetime())
     }
 
-    /// A refresh token for a new session, dying at the session's deadline.
-    fn new_refresh_token(&self, vendor: Vendor) -> (String, u64) {
-        let deadline = common::now_secs() + self.refresh_lifetime(vendor);
-        (self.rotate_refresh_token(vendor, deadline), deadline)
+    /// A refresh token for a new session (a login), dying at the session's deadline.
+    fn new_refresh_token(&self, vendor: Vendor) -> (String, Session) {
+        let now = common::now_secs();
+        let session = Session {
+            start: now,
+            deadline: now.saturating_add(self.refresh_lifetime(vendor)),
+        };
+        (self.rotate_refresh_token(vendor, session), session)
     }
 
-    fn rotate_refresh_token(&self, vendor: Vendor, deadline: u64) -> String {
+    /// A new refresh token for `session`.
+    fn rotate_refresh_token(&self, vendor: Vendor, session: Session) -> String {
         let rt = self.mint("rt");
         self.lock()
             .refresh_tokens
             .entry(vendor)
             .or_default()
-            .push((rt.clone(), deadline));
+            .push((rt.clone(), session));
         rt
     }
 
-    /// Use a refresh token: its session deadline if it was alive. With `rotate` it dies now.
-    fn use_refresh_token(&self, vendor: Vendor, rt: &str, rotate: bool) -> Option<u64> {
+    /// Use a refresh token: its session if it was alive. With `rotate` it dies now.
+    fn use_refresh_token(
+        &self,
+        vendor: Vendor,
+        rt: &str,
+        rotate: bool,
+    ) -> Result<Session, Refused> {
         let now = common::now_secs();
         let mut inner = self.lock();
+        let max = inner.session_max.get(&vendor).copied();
         let live = inner.refresh_tokens.entry(vendor).or_default();
-        let deadline = live
+        let session = live
             .iter()
-            .find(|(t, d)| t == rt && *d > now)
-            .map(|(_, d)| *d)?;
+            .find(|(t, _)| t == rt)
+            .map(|(_, s)| *s)
+            .ok_or(Refused::NotActive)?;
+        if max.is_some_and(|max| session.start.saturating_add(max) <= now) {
+            return Err(Refused::SessionEnded);
+        }
+        if session.deadline <= now {
+            return Err(Refused::NotActive);
+        }
         if rotate {
             live.retain(|(t, _)| t != rt);
         }
-        Some(deadline)
+        Ok(session)
+    }
+
+    /// Cap the login sessions of `vendor` at `seconds` from their login, as Keycloak's
+    /// `ssoSessionMaxLifespan` does: every access token and refresh token of a session lives at
+    /// most until the session's end (`expires_in` and `refresh_expires_in` shrink to the time
+    /// left), and after it a refresh answers `400 {"error": "invalid_grant",
+    /// "error_description": "Session not active"}`. Applies to the vendors with refresh tokens
+    /// (Dronetag OIDC, Altitude Angel, AirMap) and to sessions already running.
+    pub fn set_session_max(&self, vendor: Vendor, seconds: u64) {
+        self.lock().session_max.insert(vendor, seconds);
+    }
+
+    /// Sessions of `vendor` live as long as their refresh tokens again.
+    pub fn clear_session_max(&self, vendor: Vendor) {
+        self.lock().session_max.remove(&vendor);
+    }
+
+    /// The end of `session` (epoch seconds), if the vendor caps sessions.
+    fn session_end(&self, vendor: Vendor, session: Session) -> Option<u64> {
+        let max = self.lock().session_max.get(&vendor).copied()?;
+        Some(session.start.saturating_add(max))
+    }
+
+    /// The lifetime of an access token issued now in `session` (or outside any session).
+    fn session_lifetime(&self, vendor: Vendor, session: Option<Session>) -> u64 {
+        let lifetime = self.lifetime(vendor);
+        match session.and_then(|s| self.session_end(vendor, s)) {
+            Some(end) => lifetime.min(end.saturating_sub(common::now_secs())),
+            None => lifetime,
+        }
+    }
+
+    /// Seconds left to `session`'s refresh token: its deadline or the session's end.
+    fn refresh_left(&self, vendor: Vendor, session: Session) -> u64 {
+        let end = self
+            .session_end(vendor, session)
+            .unwrap_or(u64::MAX)
+            .min(session.deadline);
+        end.saturating_sub(common::now_secs())
+    }
+
+    /// Answer `value` instead of the true `expires_in` of `vendor`'s tokens from now on (any
+    /// JSON: `1e15`, `-30`, `0`, `"3600"`, `null`); `None` answers the truth again. Only the
+    /// answer changes: the token still dies when [`Issued::expires_at`] says. Vendors that
+    /// answer an `expires_in`: Altitude Angel, Pix4D, Dronetag OIDC, AirMap (`/delegation`).
+    pub fn set_expires_in_override(&self, vendor: Vendor, value: Option<Value>) {
+        set_override(&mut self.lock().expires_in_overrides, vendor, value);
+    }
+
+    /// As [`State::set_expires_in_override`], for `refresh_expires_in` (Dronetag OIDC).
+    pub fn set_refresh_expires_in_override(&self, vendor: Vendor, value: Option<Value>) {
+        set_override(&mut self.lock().refresh_expires_in_overrides, vendor, value);
+    }
+
+    /// As [`State::set_expires_in_override`], for the absolute expiry the vendor answers, in the
+    /// vendor's own form: `expiresAt` of the JSON-login platform (epoch milliseconds),
+    /// `expires_at` of Dronetag PATs (RFC 3339), and the `exp` claim (epoch seconds) of the JWTs
+    /// of Dronetag OIDC, AirMap (`id_token`) and Pix4D (`token_format=jwt`).
+    pub fn set_expires_at_override(&self, vendor: Vendor, value: Option<Value>) {
+        set_override(&mut self.lock().expires_at_overrides, vendor, value);
+    }
+
+    /// `expires_in` to answer for a token living `lifetime` seconds.
+    fn expires_in_value(&self, vendor: Vendor, lifetime: u64) -> Value {
+        let value = self.lock().expires_in_overrides.get(&vendor).cloned();
+        value.unwrap_or_else(|| lifetime.into())
+    }
+
+    /// `refresh_expires_in` to answer for a refresh token living `left` seconds.
+    fn refresh_expires_in_value(&self, vendor: Vendor, left: u64) -> Value {
+        let value = self
+            .lock()
+            .refresh_expires_in_overrides
+            .get(&vendor)
+            .cloned();
+        value.unwrap_or_else(|| left.into())
+    }
+
+    /// The absolute expiry to answer instead of `truth`.
+    fn expires_at_value(&self, vendor: Vendor, truth: Value) -> Value {
+        let value = self.lock().expires_at_overrides.get(&vendor).cloned();
+        value.unwrap_or(truth)
+    }
+
+    /// Hold a request until the server stops or [`HANG_LIMIT`] passes.
+    async fn hang(&self) {
+        let closing = self.closing.notified();
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::select! {
+            _ = closing => {}
+            _ = tokio::time::sleep(HANG_LIMIT) => {}
+        }
+    }
+
+    /// Let every hung request go (the server is stopping).
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.closing.notify_waiters();
     }
 
     /// Record an access token as issued.
@@ -210,7 +372,7 @@ impl State {
         let issued = Issued {
             token: token.to_string(),
             id,
-            expires_at: common::now_secs() + lifetime,
+            expires_at: common::now_secs().saturating_add(lifetime),
             scopes,
             revoked: false,
         };
@@ -275,8 +437,21 @@ impl FakeProviders {
 
     /// Serve every vendor on `127.0.0.1:port` (0 for any free port).
     pub async fn start(port: u16) -> std::io::Result<Self> {
+        Self::serve(port, false).await
+    }
+
+    /// As [`FakeProviders::start`], with the admin endpoints of [`admin`] under `/_admin/` too,
+    /// so that a driver in another process can switch faults.
+    pub async fn start_with_admin(port: u16) -> std::io::Result<Self> {
+        Self::serve(port, true).await
+    }
+
+    async fn serve(port: u16, with_admin: bool) -> std::io::Result<Self> {
         let state = Arc::new(State::default());
-        let app = Self::app(state.clone());
+        let mut app = Self::app(state.clone());
+        if with_admin {
+            app = app.merge(admin::router().with_state(state.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -356,10 +531,18 @@ impl FakeProviders {
 
 impl Drop for FakeProviders {
     fn drop(&mut self) {
+        self.state.close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
     }
+}
+
+fn set_override(map: &mut BTreeMap<Vendor, Value>, vendor: Vendor, value: Option<Value>) {
+    match value {
+        Some(v) => map.insert(vendor, v),
+        None => map.remove(&vendor),
+    };
 }
 
 /// Wait out a delay fault.

@@ -1,7 +1,9 @@
 //! `fake-providers`: serve the fake vendor APIs for the demo and benchmarks, or rewrite a
 //! manifest's vendor URLs to point at them.
 //!
-//!   fake-providers serve [PORT]            serve until killed; prints the base URL
+//!   fake-providers serve [PORT]            serve until killed; prints the base URL. Faults are
+//!                                          switched at run time through /_admin/ (see the
+//!                                          crate's `admin` module)
 //!   fake-providers rewrite BASE < in > out point vendor URLs at BASE
 
 use std::io::Read;
@@ -12,7 +14,7 @@ async fn main() -> std::io::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("serve") => {
             let port = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
-            let fakes = tokensync_fakes::FakeProviders::start(port).await?;
+            let fakes = tokensync_fakes::FakeProviders::start_with_admin(port).await?;
             println!("{}", fakes.base_url());
             tokio::signal::ctrl_c().await?;
             Ok(())

@@ -52,9 +52,8 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
     let lifetime = state.lifetime(V);
     let opaque = state.mint("p4d");
     let access_token = if p("token_format") == "jwt" {
-        jwt(
-            json!({"sub": CLIENT_ID, "jti": opaque, "exp": now_secs() + lifetime, "scope": "read write"}),
-        )
+        let exp = state.expires_at_value(V, json!(now_secs().saturating_add(lifetime)));
+        jwt(json!({"sub": CLIENT_ID, "jti": opaque, "exp": exp, "scope": "read write"}))
     } else {
         opaque
     };
@@ -64,7 +63,7 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         axum::Json(json!({
             "access_token": access_token,
             "token_type": "Bearer",
-            "expires_in": lifetime,
+            "expires_in": state.expires_in_value(V, lifetime),
             "scope": "read write",
         })),
     )

@@ -5,6 +5,8 @@
 //!   gen                  write crds/ (and the chart's copy) from the Rust types
 //!   cluster up|down|env|tools|status   the local control plane (xtask/cluster.sh)
 //!   bench                the benchmarks
+//!   chaos [--minutes N]  soak: random vendor faults and operator SIGKILLs for N minutes
+//!                        (default 10); prints a table, writes target/chaos.json (tests/chaos.rs)
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,8 +27,9 @@ fn main() -> ExitCode {
         Some("gen") => gen_crds(),
         Some("cluster") => cluster(&args[1..]),
         Some("bench") => bench(),
+        Some("chaos") => chaos(&args[1..]),
         _ => Err(
-            "usage: cargo xtask demo | test | gen | cluster up|down|env|tools|status | bench"
+            "usage: cargo xtask demo | test | gen | cluster up|down|env|tools|status | bench | chaos [--minutes N]"
                 .into(),
         ),
     };
@@ -194,6 +197,42 @@ fn test() -> Result {
     result?;
     eprintln!("\nall checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The chaos soak of tests/chaos.rs (an ignored test): the control plane as `test` has it, the
+/// operator binary built, then the test with CHAOS_MINUTES. CHAOS_SEED, CHAOS_LIES, CHAOS_OUT
+/// and CHAOS_TOKENSYNC_BIN pass through from the environment.
+fn chaos(args: &[String]) -> Result {
+    let minutes = match args {
+        [] => "10".to_string(),
+        [flag, n] if flag == "--minutes" => n.clone(),
+        [flag] if flag.starts_with("--minutes=") => flag["--minutes=".len()..].to_string(),
+        _ => return Err("usage: cargo xtask chaos [--minutes N]".into()),
+    };
+    if minutes.parse::<f64>().map_or(true, |m| m <= 0.0) {
+        return Err(format!(
+            "--minutes {minutes:?}: a positive number of minutes"
+        ));
+    }
+    step("local control plane (built and cached on first use)");
+    let was_running = cluster_sh()
+        .arg("status")
+        .status()
+        .is_ok_and(|s| s.success());
+    run(cluster_sh().arg("up"))?;
+    step("building tokensync");
+    run(cargo().args(["build", "--bin", "tokensync"]))?;
+    step(&format!("chaos: {minutes} minutes of faults and SIGKILLs"));
+    let result = run(cargo()
+        .args(["test", "--test", "chaos", "--", "--ignored", "--nocapture"])
+        .env("CHAOS_MINUTES", &minutes)
+        .env("KUBECONFIG", kubeconfig()?)
+        .env("TOKENSYNC_REQUIRE_CLUSTER", "1"));
+    if !was_running {
+        step("stopping the control plane this run started");
+        run(cluster_sh().arg("down"))?;
+    }
+    result
 }
 
 fn bench() -> Result {
