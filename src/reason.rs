@@ -108,6 +108,15 @@ impl Reason {
         )
     }
 
+    /// Whether a provider that recovers cures it, so that without a valid token in place the
+    /// backoff stays short (an outage, a 5xx, an upstream credential not ready yet).
+    pub fn outage(self) -> bool {
+        matches!(
+            self,
+            Reason::ProviderUnreachable | Reason::TokenRequestFailed | Reason::UpstreamNotReady
+        )
+    }
+
     /// The event action for this reason.
     pub fn action(self) -> &'static str {
         match self {

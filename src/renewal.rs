@@ -23,6 +23,9 @@ pub const MAX_DURATION: SignedDuration = SignedDuration::from_secs(3650 * 86400)
 pub const MIN_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_secs(10);
 /// The floor between a successful token request and the next one, whatever the math says.
 pub const MIN_RENEW_INTERVAL: SignedDuration = SignedDuration::from_secs(5);
+/// The longest backoff while no valid token is in place and the failure may cure itself: a
+/// provider that recovers is asked again soon, so workloads do not wait minutes for a token.
+pub const MAX_BACKOFF_WITHOUT_TOKEN: SignedDuration = SignedDuration::from_secs(30);
 /// The longest a provider's `Retry-After` is honoured for.
 pub const MAX_RETRY_AFTER: SignedDuration = SignedDuration::from_secs(3600);
 
@@ -314,10 +317,21 @@ pub fn backoff(failures: u32) -> SignedDuration {
 /// When to try again after failure number `count` at `now`: the backoff, or the provider's
 /// `Retry-After` when it asks for longer (capped at [`MAX_RETRY_AFTER`]).
 pub fn next_attempt(now: Timestamp, count: u32, retry_after: Option<SignedDuration>) -> Timestamp {
+    next_attempt_within(now, count, retry_after, MAX_BACKOFF)
+}
+
+/// [`next_attempt`] with the backoff capped at `max_backoff` (the provider's `Retry-After` still
+/// wins when longer).
+pub fn next_attempt_within(
+    now: Timestamp,
+    count: u32,
+    retry_after: Option<SignedDuration>,
+    max_backoff: SignedDuration,
+) -> Timestamp {
     let asked = retry_after
         .unwrap_or(SignedDuration::ZERO)
         .clamp(SignedDuration::ZERO, MAX_RETRY_AFTER);
-    truncate(add(now, backoff(count).max(asked)))
+    truncate(add(now, backoff(count).min(max_backoff).max(asked)))
 }
 
 /// While the last attempt from the same `source` failed and its backoff runs: when to retry.
@@ -659,6 +673,18 @@ mod tests {
                 "count {count}, Retry-After {retry_after:?}"
             );
         }
+        // without a valid token in place the backoff stops at 30 s; Retry-After still wins
+        let within = |count, retry_after: Option<i64>| {
+            next_attempt_within(
+                t(0),
+                count,
+                retry_after.map(SignedDuration::from_secs),
+                MAX_BACKOFF_WITHOUT_TOKEN,
+            )
+        };
+        assert_eq!(within(3, None), t(20));
+        assert_eq!(within(6, None), t(30));
+        assert_eq!(within(6, Some(120)), t(120));
         let failure = Failure {
             at: t(0),
             count: 1,

@@ -158,7 +158,12 @@ pub fn failure(
         Some(f) if &f.source == source => f.count.saturating_add(1),
         _ => 1,
     };
-    let next_attempt = renewal::next_attempt(now, count, retry_after);
+    let max_backoff = if !token_valid(prev, now) && reason.outage() {
+        renewal::MAX_BACKOFF_WITHOUT_TOKEN
+    } else {
+        renewal::MAX_BACKOFF
+    };
+    let next_attempt = renewal::next_attempt_within(now, count, retry_after, max_backoff);
     set_condition(
         &mut next.conditions,
         DEGRADED,
