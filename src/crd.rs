@@ -26,11 +26,12 @@ pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// A DNS subdomain name (RFC 1123), as Secret names must be.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// An absolute http(s) URL; whether plain http is allowed is the controller's `--allow-insecure-http`.
-pub const URL_PATTERN: &str = r"^https?://[^/?#\s]+([/?#]\S*)?$";
+/// An absolute http(s) URL without userinfo (credentials belong in the inputs Secret); whether
+/// plain http is allowed is the controller's `--allow-insecure-http`.
+pub const URL_PATTERN: &str = r"^https?://[^/?#\s@]+([/?#]\S*)?$";
 /// A templated http(s) URL: templates may fill the path and query, never the host, so the host a
 /// request goes to is always visible in the manifest (and to an egress allowlist).
-pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}]+([/?#].*)?$";
+pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}@]+([/?#].*)?$";
 /// A JSON pointer (RFC 6901) into a response body.
 pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
 /// The suffix of the operator's state Secrets (`<metadata.name>-tokensync-state`), which hold

@@ -66,13 +66,79 @@ impl Inputs {
     pub fn iter(&self) -> impl Iterator<Item = (&String, &SecretValue)> {
         self.0.iter()
     }
-    /// Replaces every input value of four or more characters found in `text` by `[redacted]`.
-    /// A provider's error text may echo what it was sent; this keeps it out of messages.
+    /// Replaces every input value of four or more characters found in `text`, in every
+    /// encoding it may travel in, by `[redacted]`. A provider's error text may echo what it was
+    /// sent; this keeps it out of messages.
+    pub fn redact(&self, text: &str) -> String {
+        let mut r = Redactor::default();
+        r.add_all(self.0.values());
+        r.redact(text)
+    }
+}
+
+/// Removes known secret values from text in every form they travel in: raw, base64,
+/// base64url, percent-encoded, form-encoded and JSON-escaped. Values shorter than four
+/// characters are left alone (they would match everywhere).
+#[derive(Clone, Default)]
+pub struct Redactor {
+    needles: Vec<String>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} forms)", self.needles.len())
+    }
+}
+
+impl Redactor {
+    pub fn add(&mut self, value: &SecretValue) {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        let raw = value.expose();
+        if raw.len() < 4 {
+            return;
+        }
+        let percent: String = raw
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let json = serde_json::to_string(raw).unwrap_or_default();
+        let forms = [
+            raw.to_string(),
+            STANDARD.encode(raw),
+            STANDARD_NO_PAD.encode(raw),
+            URL_SAFE_NO_PAD.encode(raw),
+            form_urlencoded::byte_serialize(raw.as_bytes()).collect(),
+            percent.clone(),
+            percent.to_ascii_lowercase(),
+            json.trim_matches('"').to_string(),
+        ];
+        for form in forms {
+            if form.len() >= 4 && !self.needles.contains(&form) {
+                self.needles.push(form);
+            }
+        }
+        // longest first, so a value inside another's encoding never leaves a tail behind
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    pub fn add_all<'a>(&mut self, values: impl IntoIterator<Item = &'a SecretValue>) {
+        for v in values {
+            self.add(v);
+        }
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for value in self.0.values() {
-            if value.expose().len() >= 4 {
-                out = out.replace(value.expose(), "[redacted]");
+        for needle in &self.needles {
+            if out.contains(needle.as_str()) {
+                out = out.replace(needle.as_str(), "[redacted]");
             }
         }
         out
@@ -144,6 +210,42 @@ mod tests {
             inputs.redact("bad password hunter22 for ab"),
             "bad password [redacted] for ab"
         );
+    }
+
+    /// Issue 8: a secret is found in every encoding it travels in.
+    #[test]
+    fn redacts_every_encoding() {
+        use base64::Engine;
+        let secret = "Leak Pw/9&x=y\"é";
+        let mut r = Redactor::default();
+        r.add(&SecretValue::new(secret));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let json = serde_json::to_string(secret).unwrap();
+        let percent = "Leak%20Pw%2F9%26x%3Dy%22%C3%A9";
+        for (what, text) in [
+            ("raw", format!("x {secret} y")),
+            ("base64", format!("Basic {b64}")),
+            ("base64url", format!("jwt.{b64url}.sig")),
+            ("form", format!("a=1&pw={form}&b=2")),
+            ("percent", format!("/login?pw={percent}")),
+            (
+                "percent lower",
+                format!("/login?pw={}", percent.to_lowercase()),
+            ),
+            ("json", format!("{{\"password\":{json}}}")),
+        ] {
+            let out = r.redact(&text);
+            assert!(out.contains("[redacted]"), "{what}: {out}");
+            for leaked in [secret, &b64, &b64url, &form, percent] {
+                assert!(!out.contains(leaked), "{what}: {out}");
+            }
+        }
+        // short values are not redacted (they would match everywhere)
+        let mut r = Redactor::default();
+        r.add(&SecretValue::new("ab"));
+        assert_eq!(r.redact("abc"), "abc");
     }
 
     #[test]

@@ -203,13 +203,15 @@ async fn the_chart_rbac_is_enough_for_a_full_sync_cluster_wide_and_namespaced() 
         }
         let pc = ns.wait_ready("pix4d", "True", Some("TokenIssued")).await;
         assert!(pc.status.unwrap().expires_at.is_some());
-        let events = ns.events("pix4d").await;
-        assert!(
+        // the event follows the status write
+        eventually("a TokenIssued event", Duration::from_secs(30), || async {
+            let events = ns.events("pix4d").await;
             events
                 .iter()
-                .any(|e| e.reason.as_deref() == Some("TokenIssued")),
-            "{mode}: {events:?}"
-        );
+                .any(|e| e.reason.as_deref() == Some("TokenIssued"))
+                .then_some(())
+        })
+        .await;
         kubectl_delete(&docs);
         ns.delete().await;
     }

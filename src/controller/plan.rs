@@ -24,7 +24,7 @@ use crate::reason::Reason;
 use crate::renewal::{
     self, Current, Decision, GrantChoice, Observed, Policy, Refresh, Source, decide, retry_at,
 };
-use crate::token::{Inputs, SecretValue, Token};
+use crate::token::{Inputs, Redactor, SecretValue, Token};
 
 /// What one reconcile does.
 #[derive(Debug)]
@@ -507,24 +507,20 @@ pub fn on_error(snap: &Snapshot, attempt: Attempt, error: &ProviderError) -> Aft
     })
 }
 
-/// Remove every secret value this credential knows of from `text`.
+/// Remove every secret value this credential knows of from `text`, in every encoding: the
+/// inputs, the stored token (the one in place), the refresh token, tokens waiting to be
+/// revoked and the upstream credential's token.
 pub fn redact(snap: &Snapshot, state: &State, text: &str) -> String {
-    let mut out = snap
-        .inputs
-        .as_ref()
-        .map_or_else(|| text.to_string(), |i| i.redact(text));
-    let known = [state.token.as_ref(), state.refresh_token.as_ref()];
-    let upstream = snap.upstream.as_ref().and_then(|u| u.as_ref().ok());
-    for value in known
-        .into_iter()
-        .chain([upstream.map(|u| &u.value)])
-        .flatten()
-    {
-        if value.expose().len() >= 4 {
-            out = out.replace(value.expose(), "[redacted]");
-        }
+    let mut r = Redactor::default();
+    if let Some(inputs) = &snap.inputs {
+        r.add_all(inputs.iter().map(|(_, v)| v));
     }
-    out
+    r.add_all(state.token.iter().chain(state.refresh_token.iter()));
+    r.add_all(state.pending.iter().map(|p| &p.token));
+    if let Some(Ok(up)) = &snap.upstream {
+        r.add(&up.value);
+    }
+    r.redact(text)
 }
 
 /// Fold a new token into the state: rotate the refresh token, remember used one-time inputs,

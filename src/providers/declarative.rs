@@ -166,7 +166,7 @@ pub enum Body {
 
 impl std::fmt::Debug for Rendered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} {}", self.method, self.url)
+        write!(f, "{:?} {}", self.method, super::shown_url(&self.url))
     }
 }
 
@@ -223,7 +223,7 @@ pub async fn send(
     r: Rendered,
     timeout: Option<std::time::Duration>,
 ) -> Result<Value, ProviderError> {
-    let url_text = r.url.to_string();
+    let url_text = super::shown_url(&r.url);
     let method = match r.method {
         HttpMethod::Get => reqwest::Method::GET,
         HttpMethod::Post => reqwest::Method::POST,
@@ -434,7 +434,7 @@ pub async fn fetch(
     };
     let ctx = context(req, spec, &vars)?;
     let rendered = render_request(field, request, &ctx, req.egress)?;
-    let url = rendered.url.to_string();
+    let url = super::shown_url(&rendered.url);
     let body = send(http, rendered, req.timeout).await?;
     let requested = match &spec.requested_lifetime {
         Some(l) => Some(parse_duration(l).map_err(ProviderError::InvalidSpec)?),

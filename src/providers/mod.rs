@@ -223,18 +223,41 @@ impl Egress {
     }
 }
 
-/// Refuse plain http unless allowed, anything that is not http(s), and hosts outside the
-/// allowlist.
+/// A URL as messages show it: scheme, host, port and path; never the query (templates may put
+/// secrets there) or userinfo.
+pub fn shown_url(url: &reqwest::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.path()
+    )
+}
+
+/// Refuse plain http unless allowed, anything that is not http(s), userinfo, and hosts outside
+/// the allowlist. Errors never show the URL's query or userinfo.
 pub fn check_url(url: &str, egress: &Egress) -> Result<reqwest::Url, ProviderError> {
     let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ProviderError::InvalidSpec(format!("{url:?} is not a valid URL: {e}")))?;
+        .map_err(|e| ProviderError::InvalidSpec(format!("a request URL is not valid: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ProviderError::InvalidSpec(format!(
+            "{}: credentials in a URL (userinfo) are refused; put them in the inputs Secret",
+            shown_url(&parsed)
+        )));
+    }
     match parsed.scheme() {
         "https" => {}
         "http" if egress.allow_insecure_http => {}
-        "http" => return Err(ProviderError::InsecureUrl { url: url.into() }),
+        "http" => {
+            return Err(ProviderError::InsecureUrl {
+                url: shown_url(&parsed),
+            });
+        }
         other => {
             return Err(ProviderError::InvalidSpec(format!(
-                "{url:?}: scheme {other:?} is not http(s)"
+                "{}: scheme {other:?} is not http(s)",
+                shown_url(&parsed)
             )));
         }
     }
@@ -317,6 +340,19 @@ pub(crate) mod tests {
         assert_eq!(seconds_value(&serde_json::json!(1200)), Some(1200));
         assert_eq!(seconds_value(&serde_json::json!("1199")), Some(1199));
         assert_eq!(seconds_value(&serde_json::json!(true)), None);
+    }
+
+    /// Issue 8: messages about a request never show its query or userinfo.
+    #[test]
+    fn urls_in_messages_hide_query_and_userinfo() {
+        let url =
+            reqwest::Url::parse("https://user:pw@auth.example:8443/login?pw=Leak%20Pw").unwrap();
+        assert_eq!(shown_url(&url), "https://auth.example:8443/login");
+        let err = check_url("https://user:pw@auth.example/token", &Egress::default()).unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
+        let err =
+            check_url("http://auth.example/login?pw=Secret1", &Egress::default()).unwrap_err();
+        assert!(!err.to_string().contains("Secret1"), "{err}");
     }
 
     #[test]

@@ -193,6 +193,8 @@ pub async fn token_endpoint(
 }
 
 pub(crate) fn transport(url: &str, e: reqwest::Error) -> ProviderError {
+    // reqwest's message names the whole URL, query included
+    let e = e.without_url();
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
@@ -214,7 +216,7 @@ pub async fn fetch(
 ) -> Result<Token, ProviderError> {
     let form = token_form(spec, keys, req.inputs, &req.grant)?;
     let url = token_endpoint(http, spec, req.egress).await?;
-    let url_text = url.to_string();
+    let url_text = super::shown_url(&url);
     let body: Vec<(&str, &str)> = form
         .params
         .iter()

@@ -232,13 +232,34 @@ impl TestNs {
         reason: Option<&str>,
     ) -> ProviderCredential {
         let api = self.api::<ProviderCredential>();
-        eventually(
+        let pc = eventually(
             &format!("{name} Ready={status} {reason:?}"),
             Duration::from_secs(60),
             || async {
                 let pc = api.get(name).await.ok()?;
                 let c = ready(&pc)?;
                 (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(pc)
+            },
+        )
+        .await;
+        // the event with the same reason follows the status write
+        if let Some(reason) = reason.filter(|r| *r != "RenewalFailing") {
+            self.wait_event(name, reason).await;
+        }
+        pc
+    }
+
+    /// Wait until an event about `name` has `reason`.
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        eventually(
+            &format!("an event {reason} about {name}"),
+            Duration::from_secs(30),
+            || async {
+                let events = self.events(name).await;
+                events
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(reason))
+                    .then_some(())
             },
         )
         .await
@@ -248,7 +269,7 @@ impl TestNs {
     /// stays True while a valid token is in place).
     pub async fn wait_failing(&self, name: &str, reason: &str) -> ProviderCredential {
         let api = self.api::<ProviderCredential>();
-        eventually(
+        let pc = eventually(
             &format!("{name} Degraded=True {reason}"),
             Duration::from_secs(60),
             || async {
@@ -257,7 +278,9 @@ impl TestNs {
                 (c.status == "True" && c.reason == reason).then_some(pc)
             },
         )
-        .await
+        .await;
+        self.wait_event(name, reason).await;
+        pc
     }
 
     /// The events about `name`.
