@@ -863,7 +863,7 @@ metrics:
     ]);
     assert!(err.contains("scrapeTimeout"), "{err}");
     // the apiserver takes it (in a namespace of its own, away from the release's)
-    kubectl_apply(&[sm.clone()]);
+    kubectl_apply(std::slice::from_ref(sm));
     ns.delete().await;
 }
 
@@ -1022,7 +1022,7 @@ prometheusRule:
     ]);
     assert!(err.contains("tokenExpiringSeconds"), "{err}");
     // the apiserver takes it
-    kubectl_apply(&[rule.clone()]);
+    kubectl_apply(std::slice::from_ref(rule));
     ns.delete().await;
 }
 
@@ -1077,6 +1077,6 @@ async fn the_dashboard_is_a_configmap_of_valid_json_over_exported_metrics() {
             "no panel shows {metric}"
         );
     }
-    kubectl_apply(&[cm.clone()]);
+    kubectl_apply(std::slice::from_ref(cm));
     ns.delete().await;
 }
