@@ -260,6 +260,76 @@ async fn status_of_a_credential_without_its_inputs_names_the_secret_and_keys() {
     ns.delete().await;
 }
 
+/// An `http` credential: the inputs its templates use, its upstream (missing, then Ready) and its
+/// CA bundle.
+#[tokio::test]
+async fn status_of_an_http_credential_shows_its_upstream_template_inputs_and_ca() {
+    let (client, ns, fakes) = setup("st-pat").await;
+    let ca = PrivateCa::new();
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "corp-ca"},
+        "data": {"ca.crt": String::from_utf8(ca.ca_pem.clone()).unwrap()},
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::core::v1::ConfigMap>()
+        .create(&Default::default(), &cm)
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    let text = std::fs::read_to_string(root().join("examples/dronetag-pat.yaml")).unwrap();
+    let text = tokensync_fakes::rewrite_urls(&text, &fakes.base_url()).replace(
+        "spec:\n  inputs:\n",
+        "spec:\n  tls:\n    caBundleConfigMap: {name: corp-ca, key: ca.crt}\n  inputs:\n",
+    );
+    assert!(text.contains("caBundleConfigMap"));
+    ns.apply(&text).await;
+    ns.wait_ready("dronetag-pat", "False", Some("UpstreamNotReady"))
+        .await;
+    let run = status(&ns, "dronetag-pat").await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_lines(
+        &run,
+        &[
+            "provider: http, login POST http://",
+            "password               present  [spec.http.login]",
+            "Upstream: ProviderCredential \"dronetag\": NOT FOUND",
+            "CA bundle: ConfigMap \"corp-ca\" key \"ca.crt\": present",
+            "after failure ",
+            "(UpstreamNotReady)",
+        ],
+    );
+
+    ns.apply_example("dronetag-oidc.yaml", &fakes).await;
+    ns.wait_ready("dronetag-pat", "True", None).await;
+    let run = status(&ns, "dronetag-pat").await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_lines(
+        &run,
+        &[
+            "Upstream: ProviderCredential \"dronetag\": Ready=True (TokenIssued), its token expires ",
+            "keys                   expires_at, header, token",
+            "refresh token          absent (spec.http has no refresh request)",
+            "via the login request",
+        ],
+    );
+    assert_no_secret(&run, &secret_values(&ns).await);
+    // and the upstream, a password grant
+    let run = status(&ns, "dronetag").await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_lines(
+        &run,
+        &[
+            "provider: oauth2, grant password, issuer http://",
+            "username               present  [password grant]",
+            "password               present  [password grant]",
+            "next: renew at ",
+        ],
+    );
+    assert_no_secret(&run, &secret_values(&ns).await);
+    operator.stop().await;
+    ns.delete().await;
+}
+
 /// A copy of the kubeconfig whose context's namespace is `namespace`.
 fn kubeconfig_in(namespace: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("tokensync-kubeconfig-{namespace}"));
