@@ -252,11 +252,7 @@ async fn status(args: StatusArgs) -> std::process::ExitCode {
     let namespace = tokensync::cli::namespace(args.namespace, &client);
     let snapshot = tokensync::cli::status::fetch(&client, &namespace, &args.name).await;
     print!("{}", tokensync::cli::status::render(&snapshot));
-    if tokensync::cli::status::ready(&snapshot) {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    std::process::ExitCode::from(tokensync::cli::status::exit_code(&snapshot))
 }
 
 async fn refresh(args: RefreshArgs) -> std::process::ExitCode {

@@ -465,3 +465,28 @@ fn text_logs_off_a_terminal_have_no_colour_codes() {
         "colour codes in a pipe: {stderr:?}"
     );
 }
+
+/// No apiserver to ask: exit code 2, and the reason.
+#[tokio::test]
+async fn status_without_an_apiserver_exits_2() {
+    let path = std::env::temp_dir().join(format!(
+        "tokensync-kubeconfig-unreachable-{}",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u, namespace: team-a}}]\n\
+         current-context: x\n",
+    )
+    .unwrap();
+    let run = run_with(bin(), &["status", "pix4d"], &path, None).await;
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .starts_with("ProviderCredential team-a/pix4d: cannot read it: "),
+        "{}",
+        run.stdout
+    );
+}

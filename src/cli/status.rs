@@ -430,6 +430,16 @@ pub fn ready(s: &Snapshot) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
+/// The exit code of `status`: 0 when Ready, 1 when not Ready or not found, 2 when the credential
+/// could not be read (the apiserver unreachable, or access denied).
+pub fn exit_code(s: &Snapshot) -> u8 {
+    match &s.credential {
+        Lookup::Failed(_) => 2,
+        _ if ready(s) => 0,
+        _ => 1,
+    }
+}
+
 /// Control characters (a terminal escape in a provider's message) shown as `?`, on one line.
 fn clean(text: &str) -> String {
     text.chars()

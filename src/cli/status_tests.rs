@@ -150,6 +150,7 @@ fn healthy_authorization_code_credential_renews_via_the_refresh_grant() {
     );
     assert!(!text.contains("MISSING"), "{text}");
     assert!(ready(&s));
+    assert_eq!(exit_code(&s), 0);
 }
 
 #[test]
@@ -397,8 +398,10 @@ fn a_credential_not_found_or_unreadable_is_said_and_not_ready() {
         "ProviderCredential ns/pc: not found (check the name and the namespace: -n NAMESPACE)\n"
     );
     assert!(!ready(&s));
+    assert_eq!(exit_code(&s), 1);
     s.credential = Lookup::Failed("forbidden\x1b[31m".into());
     assert!(render(&s).contains("cannot read it: forbidden?[31m"));
+    assert_eq!(exit_code(&s), 2);
 }
 
 #[test]
