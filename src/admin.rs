@@ -94,11 +94,10 @@ pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
+                // the body is OpenMetrics text: say so, or a scraper parses it as the
+                // Prometheus 0.0.4 format (and trips over `# EOF` and `_created`)
                 (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
+                    [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
                     s.metrics.encode(),
                 )
                     .into_response()
@@ -119,6 +118,29 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_served_as_openmetrics_text() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.reconcile_duration(0.01);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Health::new(false)), metrics));
+        let response = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        let body = response.text().await.unwrap();
+        assert!(
+            body.contains("tokensync_reconcile_duration_seconds_count 1"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
 
     #[test]
     fn readiness() {

@@ -5,9 +5,11 @@
 //! - [`providers`]: *how* to fetch, one module per flow.
 //! - [`controller`]: reconcile, Secret writing and status.
 //! - [`check`]: one fetch without a cluster, for `tokensync check`.
+//! - [`cli`]: `tokensync status` and what the other commands share.
 
 pub mod admin;
 pub mod check;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod election;

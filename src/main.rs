@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use tokensync::controller::{self, Config, Context};
@@ -33,6 +33,15 @@ enum Command {
     /// Ask the controller to renew a ProviderCredential's token now (sets the
     /// `tokensync.dev/force-refresh` annotation).
     Refresh(RefreshArgs),
+    /// Show a ProviderCredential and what it depends on (inputs, upstream, CA, output and state
+    /// Secrets, events) and what happens next, without any secret value. Exits non-zero when
+    /// it is not Ready.
+    Status(StatusArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -85,8 +94,18 @@ struct RunArgs {
 struct RefreshArgs {
     /// The ProviderCredential to renew now.
     name: String,
-    #[arg(short, long, default_value = "default")]
-    namespace: String,
+    /// Default: the kubeconfig context's namespace.
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The ProviderCredential.
+    name: String,
+    /// Default: the kubeconfig context's namespace.
+    #[arg(short, long)]
+    namespace: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -114,7 +133,11 @@ struct CheckArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
+    // as a kubectl plugin (`kubectl-tokensync`), help and errors say `kubectl tokensync`
+    let bin_name = tokensync::cli::bin_name(std::env::args_os().next().as_deref());
+    let matches = Cli::command().bin_name(bin_name).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Crd => {
             print!("{}", tokensync::crd_yaml());
             std::process::ExitCode::SUCCESS
@@ -122,6 +145,16 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(args).await,
         Command::Refresh(args) => refresh(args).await,
+        Command::Status(args) => status(args).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tokensync",
+                &mut std::io::stdout(),
+            );
+            std::process::ExitCode::SUCCESS
+        }
     }
 }
 
@@ -208,12 +241,28 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
+async fn status(args: StatusArgs) -> std::process::ExitCode {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tokensync status: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let namespace = tokensync::cli::namespace(args.namespace, &client);
+    let snapshot = tokensync::cli::status::fetch(&client, &namespace, &args.name).await;
+    print!("{}", tokensync::cli::status::render(&snapshot));
+    std::process::ExitCode::from(tokensync::cli::status::exit_code(&snapshot))
+}
+
 async fn refresh(args: RefreshArgs) -> std::process::ExitCode {
+    let mut namespace = String::new();
     let result = async {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| e.to_string())?;
-        let api: kube::Api<ProviderCredential> = kube::Api::namespaced(client, &args.namespace);
+        namespace = tokensync::cli::namespace(args.namespace, &client);
+        let api: kube::Api<ProviderCredential> = kube::Api::namespaced(client, &namespace);
         let patch = serde_json::json!({"metadata": {"annotations": {
             tokensync::controller::FORCE_REFRESH_ANNOTATION: jiff::Timestamp::now().to_string()
         }}});
@@ -228,7 +277,7 @@ async fn refresh(args: RefreshArgs) -> std::process::ExitCode {
     .await;
     match result {
         Ok(_) => {
-            println!("renewal of {}/{} requested", args.namespace, args.name);
+            println!("renewal of {namespace}/{} requested", args.name);
             std::process::ExitCode::SUCCESS
         }
         Err(message) => {

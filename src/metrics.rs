@@ -26,8 +26,40 @@ pub struct Metrics {
     request_duration: Family<Labels, Histogram>,
     reconcile_errors: Family<Labels, Counter>,
     reconciles: Counter,
+    reconcile_duration: Histogram,
     leader: Gauge,
     credentials: Arc<Credentials>,
+}
+
+/// The content type of [`Metrics::encode`]'s output: the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Buckets of the reconcile duration: from a no-op reconcile (milliseconds) to one that waits
+/// out a provider's request timeout (30 s by default).
+const RECONCILE_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The refresh token's deadline of a credential only a person can renew once it passes (the
+/// `authorization_code` and `refresh_token` grants, whose one-time input is spent), read from
+/// `status.refreshTokenExpiresAt` when the status has that field.
+fn person_renews_by(pc: &ProviderCredential) -> Option<i64> {
+    use crate::crd::GrantType;
+    let grant = pc.spec.oauth2.as_ref()?.grant_type;
+    if !matches!(
+        grant,
+        GrantType::AuthorizationCode | GrantType::RefreshToken
+    ) {
+        return None;
+    }
+    let status = serde_json::to_value(pc.status.as_ref()?).ok()?;
+    time_field(&status, "refreshTokenExpiresAt")
+}
+
+/// An RFC 3339 time at `field` of a JSON object, in Unix seconds.
+fn time_field(v: &serde_json::Value, field: &str) -> Option<i64> {
+    let t: jiff::Timestamp = v.get(field)?.as_str()?.parse().ok()?;
+    Some(t.as_second())
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +135,29 @@ impl prometheus_client::collector::Collector for Credentials {
             }
         }
         let mut m = encoder.encode_descriptor(
+            "credential_renewal_failures",
+            "Failed attempts in a row since the last success (status.lastFailure.count); 0 while renewals succeed",
+            None,
+            MetricType::Gauge,
+        )?;
+        for pc in &pcreds {
+            if let Some(status) = &pc.status {
+                let failures = status.last_failure.as_ref().map_or(0, |f| f.count);
+                ConstGauge::new(i64::from(failures)).encode(m.encode_family(&id(pc))?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "credential_refresh_token_expiration_timestamp_seconds",
+            "The time the refresh token of an authorization_code or refresh_token credential expires, in Unix seconds: after it, only a person can renew the token (with new inputs)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for pc in &pcreds {
+            if let Some(t) = person_renews_by(pc) {
+                ConstGauge::new(t).encode(m.encode_family(&id(pc))?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
             "credential_ready_status",
             "The Ready condition of each ProviderCredential (1 for its current status)",
             None,
@@ -150,6 +205,12 @@ impl Default for Metrics {
         );
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
+        let reconcile_duration = Histogram::new(RECONCILE_BUCKETS);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciles, token requests included",
+            reconcile_duration.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -164,6 +225,7 @@ impl Default for Metrics {
             request_duration,
             reconcile_errors,
             reconciles,
+            reconcile_duration,
             leader,
             credentials,
         }
@@ -192,6 +254,11 @@ impl Metrics {
         self.reconciles.inc();
     }
 
+    /// A reconcile took `seconds` (token requests and Secret writes included).
+    pub fn reconcile_duration(&self, seconds: f64) {
+        self.reconcile_duration.observe(seconds);
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
@@ -206,7 +273,7 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text format.
+    /// The OpenMetrics text format ([`CONTENT_TYPE`]), ending in `# EOF`.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -242,6 +309,79 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tokensync_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn reconcile_durations_fill_the_histogram() {
+        let m = Metrics::default();
+        m.reconcile_duration(0.003);
+        m.reconcile_duration(0.2);
+        m.reconcile_duration(45.0);
+        let text = m.encode();
+        for series in [
+            "# TYPE tokensync_reconcile_duration_seconds histogram",
+            r#"tokensync_reconcile_duration_seconds_bucket{le="0.005"} 1"#,
+            r#"tokensync_reconcile_duration_seconds_bucket{le="0.25"} 2"#,
+            r#"tokensync_reconcile_duration_seconds_bucket{le="30.0"} 2"#,
+            r#"tokensync_reconcile_duration_seconds_bucket{le="60.0"} 3"#,
+            r#"tokensync_reconcile_duration_seconds_bucket{le="+Inf"} 3"#,
+            "tokensync_reconcile_duration_seconds_count 3",
+        ] {
+            assert!(text.contains(series), "{series} not in {text}");
+        }
+        // the format the content type names
+        assert!(CONTENT_TYPE.starts_with("application/openmetrics-text"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_refresh_deadline_is_exported_only_where_a_person_renews() {
+        let status = serde_json::json!({"refreshTokenExpiresAt": "2026-11-26T10:00:00Z"});
+        assert_eq!(
+            time_field(&status, "refreshTokenExpiresAt"),
+            Some(1_795_687_200)
+        );
+        assert_eq!(time_field(&status, "absent"), None);
+        assert_eq!(
+            time_field(&serde_json::json!({"t": "not a time"}), "t"),
+            None
+        );
+        // a credential whose status has no such field exports no series
+        let pc: ProviderCredential = serde_saphyr::from_str(
+            r#"
+apiVersion: tokensync.dev/v1alpha1
+kind: ProviderCredential
+metadata: {name: pc, namespace: ns}
+spec:
+  inputs: {secretName: login}
+  output: {secretName: token}
+  oauth2: {tokenUrl: "https://a.example/token", grantType: authorization_code}
+status:
+  expiresAt: "2026-11-26T10:00:00Z"
+"#,
+        )
+        .unwrap();
+        assert_eq!(person_renews_by(&pc), None);
+        let m = Metrics::default();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(pc));
+        let _guard = m.watch_store(store);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "# TYPE tokensync_credential_refresh_token_expiration_timestamp_seconds gauge"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("tokensync_credential_refresh_token_expiration_timestamp_seconds{"),
+            "{text}"
+        );
+        // a status without lastFailure: renewals succeed
+        assert!(
+            text.contains(r#"tokensync_credential_renewal_failures{namespace="ns",name="pc"} 0"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //!   demo                 local control plane + fake providers + operator + examples; prints the Secrets
 //!   test                 everything CI runs
-//!   gen                  write crds/ (and the chart's copy) from the Rust types
+//!   gen                  write crds/ (and the chart's copy in files/crds/) from the Rust types
 //!   cluster up|down|env|tools|status   the local control plane (xtask/cluster.sh)
 //!   bench                the benchmarks
 //!   chaos [--minutes N]  soak: random vendor faults and operator SIGKILLs for N minutes
@@ -103,10 +103,13 @@ fn tool(name: &str) -> Result<String> {
     output(cluster_sh().args(["bin", name]))
 }
 
+/// Where the generated CRD goes: `crds/` for `kubectl apply`, and the chart's `files/crds/`, which
+/// its `crds.yaml` template renders (Helm never upgrades a chart's `crds/` directory, so the chart
+/// has none).
 fn crd_paths() -> [PathBuf; 2] {
     [
         root().join("crds").join(CRD_FILE),
-        root().join("charts/tokensync/crds").join(CRD_FILE),
+        root().join("charts/tokensync/files/crds").join(CRD_FILE),
     ]
 }
 

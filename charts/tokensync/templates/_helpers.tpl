@@ -24,6 +24,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The image: repository@digest when a digest is set, else repository:tag (default appVersion). */}}
+{{- define "tokensync.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's own scrape target, for the absent and leader alerts. */}}
+{{- define "tokensync.operatorSelector" -}}
+{{- .Values.prometheusRule.operatorSelector | default (printf "job=%q, namespace=%q" (printf "%s-metrics" (include "tokensync.fullname" .)) .Release.Namespace) -}}
 {{- end -}}
 
 {{/* The rules the controller needs, exactly: shared by the ClusterRole and the namespaced Roles. */}}
