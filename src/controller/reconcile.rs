@@ -28,11 +28,14 @@ pub async fn reconcile(pc: Arc<ProviderCredential>, ctx: Arc<Context>) -> Result
     let ns = pc.namespace().ok_or(Error::NoNamespace)?;
     let span = tracing::info_span!("reconcile", namespace = %ns, credential = %pc.name_any());
     ctx.metrics.reconciled();
+    let started = std::time::Instant::now();
     // a panic is a defect, but it stays with this credential: the others keep renewing
     let outcome = AssertUnwindSafe(with_finalizer(pc.clone(), &ctx, &ns))
         .catch_unwind()
         .instrument(span.clone())
         .await;
+    ctx.metrics
+        .reconcile_duration(started.elapsed().as_secs_f64());
     let (reason, message) = match outcome {
         Err(_) => {
             error!(parent: &span, "reconcile panicked; retrying with backoff");
