@@ -264,8 +264,9 @@ pub struct OAuth2Spec {
     /// `authorization_code` exchanges a one-time code from the inputs and then lives on the
     /// refresh token it returns.
     pub grant_type: GrantType,
-    /// Scopes to request, sent space-separated.
+    /// Scopes to request, sent space-separated; each a non-empty RFC 6749 scope token (no spaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))", "message": "spec.oauth2.scopes: each scope must be non-empty and without spaces or quotes (RFC 6749 scope-token); list several scopes as several items"}]), length(max = 64))]
     pub scopes: Vec<String>,
     /// The `audience` parameter, for providers that take one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,8 +274,10 @@ pub struct OAuth2Spec {
     /// How the client authenticates to the token endpoint.
     #[serde(default)]
     pub client_authentication: ClientAuthentication,
-    /// Extra form parameters sent with every token request (e.g. `token_format: jwt`).
+    /// Extra form parameters sent with every token request (e.g. `token_format: jwt`); the
+    /// grant's own parameters (`grant_type`, `client_secret`, `scope`, ...) cannot be set here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(k, !(k in ['grant_type', 'client_id', 'client_secret', 'scope', 'audience', 'username', 'password', 'refresh_token', 'code', 'redirect_uri', 'code_verifier', 'assertion', 'client_assertion', 'client_assertion_type']))", "message": "spec.oauth2.extraParams: grant parameters (grant_type, client_id, client_secret, scope, audience, username, password, refresh_token, code, redirect_uri, code_verifier, assertion, client_assertion, client_assertion_type) are set by tokensync and cannot be overridden"}]))]
     pub extra_params: BTreeMap<String, String>,
 }
 

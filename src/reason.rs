@@ -20,7 +20,11 @@ pub enum Reason {
     TokenExpired,
     // the spec, the inputs and the objects around them
     InputsNotFound,
+    /// The inputs Secret lacks the opt-in label `tokensync.dev/inputs=true`.
+    InputsNotOptedIn,
     InputKeyMissing,
+    /// An input a request needs is empty or not text.
+    InvalidInputs,
     InvalidSpec,
     SecretOwnedElsewhere,
     NeedsNewInputs,
@@ -65,6 +69,8 @@ impl Reason {
             Reason::TokenExpired => "TokenExpired",
             Reason::InputsNotFound => "InputsNotFound",
             Reason::InputKeyMissing => "InputKeyMissing",
+            Reason::InputsNotOptedIn => "InputsNotOptedIn",
+            Reason::InvalidInputs => "InvalidInputs",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::SecretOwnedElsewhere => "SecretOwnedElsewhere",
             Reason::NeedsNewInputs => "NeedsNewInputs",

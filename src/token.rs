@@ -41,27 +41,63 @@ pub fn fingerprint(bytes: &[u8]) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The values of the inputs Secret, by key.
+/// The values of the inputs Secret, by key. Values that are not UTF-8 text are left out (and
+/// named by [`Inputs::not_text`]): sent mangled, they would fail in ways no one can debug.
 #[derive(Clone, Debug, Default)]
-pub struct Inputs(BTreeMap<String, SecretValue>);
+pub struct Inputs(
+    BTreeMap<String, SecretValue>,
+    std::collections::BTreeSet<String>,
+);
+
+/// What is wrong with an input a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputProblem {
+    Missing,
+    Empty,
+    NotText,
+}
 
 impl Inputs {
     pub fn new(values: BTreeMap<String, SecretValue>) -> Self {
-        Self(values)
+        Self(values, Default::default())
     }
     /// The values of a Secret (`data`, and `stringData` as a manifest may carry it).
     pub fn from_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Self {
         let mut values = BTreeMap::new();
+        let mut not_text = std::collections::BTreeSet::new();
         for (k, v) in secret.data.iter().flatten() {
-            values.insert(k.clone(), SecretValue::new(String::from_utf8_lossy(&v.0)));
+            match String::from_utf8(v.0.clone()) {
+                Ok(text) => {
+                    values.insert(k.clone(), SecretValue::new(text));
+                }
+                Err(_) => {
+                    not_text.insert(k.clone());
+                }
+            }
         }
         for (k, v) in secret.string_data.iter().flatten() {
             values.insert(k.clone(), SecretValue::new(v.clone()));
+            not_text.remove(k);
         }
-        Self(values)
+        Self(values, not_text)
     }
     pub fn get(&self, key: &str) -> Option<&SecretValue> {
         self.0.get(key)
+    }
+    /// The value of `key` when it is present, text and not empty.
+    pub fn require(&self, key: &str) -> Result<&SecretValue, InputProblem> {
+        if self.1.contains(key) {
+            return Err(InputProblem::NotText);
+        }
+        match self.0.get(key) {
+            None => Err(InputProblem::Missing),
+            Some(v) if v.expose().is_empty() => Err(InputProblem::Empty),
+            Some(v) => Ok(v),
+        }
+    }
+    /// Keys whose values are not UTF-8 text.
+    pub fn not_text(&self) -> impl Iterator<Item = &String> {
+        self.1.iter()
     }
     pub fn iter(&self) -> impl Iterator<Item = (&String, &SecretValue)> {
         self.0.iter()
@@ -151,6 +187,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Inputs {
             iter.into_iter()
                 .map(|(k, v)| (k.into(), SecretValue::new(v)))
                 .collect(),
+            Default::default(),
         )
     }
 }

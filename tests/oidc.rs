@@ -19,7 +19,7 @@ fn manifest(name: &str, client_id: &str, oauth2: &str, extra_inputs: &str) -> St
         r#"
 apiVersion: v1
 kind: Secret
-metadata: {{name: {name}-inputs}}
+metadata: {{name: {name}-inputs, labels: {{tokensync.dev/inputs: "true"}}}}
 stringData:
   client_id: {client_id}
   client_secret: {secret}
@@ -40,7 +40,7 @@ spec:
 async fn client_credentials_post_and_basic_through_discovery() {
     let client = client().await;
     let ns = TestNs::new(&client, "oidc-cc").await;
-    let oidc = OidcServer::start(6).await;
+    let oidc = OidcServer::start(12).await;
     let operator = Operator::start(&client, &ns.name);
     let post = TokenLog::start(&ns, "cc-post-token", "token");
     let basic = TokenLog::start(&ns, "cc-basic-token", "token");
@@ -79,7 +79,7 @@ async fn client_credentials_post_and_basic_through_discovery() {
 async fn authorization_code_bootstrap_lives_on_rotating_refresh_tokens() {
     let client = client().await;
     let ns = TestNs::new(&client, "oidc-code").await;
-    let oidc = OidcServer::start(6).await;
+    let oidc = OidcServer::start(12).await;
     let code = oidc.code().await;
     let operator = Operator::start(&client, &ns.name);
     let log = TokenLog::start(&ns, "user-token", "token");

@@ -67,9 +67,9 @@ async fn changed_inputs_give_a_new_token_and_a_deleted_secret_is_rewritten() {
     let secrets: Api<Secret> = ns.api();
     let first = secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token").unwrap();
 
-    // the inputs change (a rotated client secret, here re-set with a new label): a new token
-    // now, long before the 20-minute token's renewal
-    let patch = serde_json::json!({"metadata": {"labels": {"rotated": "yes"}}});
+    // the inputs' data change (a rotated client secret, here a new key): a new token now, long
+    // before the 20-minute token's renewal
+    let patch = serde_json::json!({"stringData": {"rotated": "yes"}});
     secrets
         .patch(
             "altitude-angel-client",
@@ -94,10 +94,12 @@ async fn changed_inputs_give_a_new_token_and_a_deleted_secret_is_rewritten() {
         secret_text(&s, "token")
     })
     .await;
-    assert_ne!(third, second);
-    // new inputs ran the primary grant; the rewrite lived on the stored refresh token
+    // the token the provider issued is still valid: it is written again from the state Secret,
+    // without a request
+    assert_eq!(third, second);
+    ns.wait_event(AA, "TokenRestored").await;
     assert_eq!(fakes.state.count(AA_ROUTE), 2);
-    assert_eq!(fakes.state.count("altitude-angel token refresh_token"), 1);
+    assert_eq!(fakes.state.count("altitude-angel token refresh_token"), 0);
     operator.stop().await;
     ns.delete().await;
 }
@@ -336,8 +338,9 @@ async fn metrics_are_served_with_plausible_values() {
         ),
         Some(1.0)
     );
+    // its token is still valid: Ready, with the failing renewals counted
     let failing = format!(
-        r#"namespace="{}",name="json-login-platform",condition="False""#,
+        r#"namespace="{}",name="json-login-platform",condition="True""#,
         ns.name
     );
     assert_eq!(
@@ -347,6 +350,14 @@ async fn metrics_are_served_with_plausible_values() {
         ),
         Some(1.0)
     );
+    let failures = sample(
+        &scrape,
+        &series(
+            "tokensync_credential_renewal_failures",
+            &format!(r#"namespace="{}",name="json-login-platform""#, ns.name),
+        ),
+    );
+    assert!(failures.is_some_and(|f| f >= 1.0), "{scrape}");
     let ok = sample(
         &scrape,
         r#"tokensync_token_requests_total{provider="oauth2",result="success"}"#,
@@ -543,6 +554,7 @@ async fn leader_terms_a_standby_exports_no_credential_series_and_a_new_leader_ea
     let mut expected = vec![
         format!("tokensync_credential_expiration_timestamp_seconds{{{id}}}"),
         format!("tokensync_credential_renewal_timestamp_seconds{{{id}}}"),
+        format!("tokensync_credential_renewal_failures{{{id}}}"),
     ];
     for condition in ["False", "True", "Unknown"] {
         expected.push(format!(

@@ -125,6 +125,8 @@ impl Credential {
 pub struct InputsSecret {
     pub keys: BTreeSet<String>,
     pub used: BTreeSet<String>,
+    /// It carries the opt-in label `tokensync.dev/inputs=true`.
+    pub opted_in: bool,
 }
 
 impl InputsSecret {
@@ -139,7 +141,17 @@ impl InputsSecret {
                 used.insert(key.clone());
             }
         }
-        Self { keys, used }
+        let opted_in = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::controller::INPUTS_LABEL))
+            .is_some_and(|v| v == "true");
+        Self {
+            keys,
+            used,
+            opted_in,
+        }
     }
 }
 
@@ -654,6 +666,13 @@ fn inputs_section(out: &mut String, s: &Snapshot, spec: &ProviderCredentialSpec)
     let refresh_token_held = s.state.found().is_some_and(|st| st.refresh_token);
     match &s.inputs {
         Lookup::Found(inputs) => {
+            if !inputs.opted_in {
+                line!(
+                    out,
+                    "  NOT OPTED IN: label it {}=true, or tokensync never sends its values",
+                    crate::controller::INPUTS_LABEL
+                );
+            }
             for e in &expected {
                 let state = if !inputs.keys.contains(&e.key) {
                     if e.one_time && refresh_token_held {

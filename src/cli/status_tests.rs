@@ -61,7 +61,22 @@ fn keys(names: &[&str]) -> InputsSecret {
     InputsSecret {
         keys: names.iter().map(|k| k.to_string()).collect(),
         used: BTreeSet::new(),
+        opted_in: true,
     }
+}
+
+/// Issue 8: a Secret without the opt-in label says so.
+#[test]
+fn inputs_not_opted_in_say_so() {
+    let mut s = snapshot(credential(AUTHORIZATION_CODE, healthy_status()));
+    s.inputs = Lookup::Found(InputsSecret {
+        opted_in: false,
+        ..keys(&["client_id", "client_secret", "code", "redirect_uri"])
+    });
+    assert_lines(
+        &render(&s),
+        &["NOT OPTED IN: label it tokensync.dev/inputs=true"],
+    );
 }
 
 fn assert_lines(text: &str, expected: &[&str]) {

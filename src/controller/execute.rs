@@ -89,10 +89,12 @@ impl Reconcile<'_> {
                 Err(e) => e,
             };
             match plan::on_error(snap, attempt, &error) {
-                AfterError::Retry(next) => {
+                AfterError::Retry(next, warning) => {
                     // the dead refresh token is dropped for good before the primary grant runs
                     self.apply_state(&next.state).await?;
-                    warn!("refresh token rejected; falling back to the primary grant");
+                    warn!(detail = %warning, "refresh token rejected; falling back to the primary grant");
+                    self.event(EventType::Warning, Reason::RefreshTokenRejected, warning)
+                        .await;
                     attempt = *next;
                 }
                 AfterError::Fail(failed) => return self.fail(snap, failed).await,

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub source: Source,
     pub output: Option<Secret>,
     pub inputs: Option<Inputs>,
+    /// The inputs Secret carries the opt-in label [`INPUTS_LABEL`]`=true`.
+    pub inputs_opted_in: bool,
     pub state_secret: Option<Secret>,
     /// The upstream credential's live token, when the spec names one.
     pub upstream: Option<Result<Upstream, String>>,
@@ -40,6 +42,16 @@ impl std::fmt::Debug for Snapshot {
             .field("state", &self.state_secret.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Secrets whose values tokensync may send to a provider carry this label with the value
+/// `true`: naming a Secret in a ProviderCredential is not enough, its owner opts in. Without it,
+/// anyone allowed to create a ProviderCredential could send any Secret of the namespace to a
+/// URL of their choosing.
+pub const INPUTS_LABEL: &str = "tokensync.dev/inputs";
+
+fn opted_in(secret: &Secret) -> bool {
+    secret.labels().get(INPUTS_LABEL).map(String::as_str) == Some("true")
 }
 
 /// The SHA-256 prefix of a Secret's data (keys and values, not its metadata): label and
@@ -83,10 +95,20 @@ pub async fn gather(
     let state_secret = secrets.get_opt(&state::name(&pc.name_any())).await?;
     let upstream = upstream(secrets, &pc).await?;
     let http = http_client(ctx, secrets, &pc).await?;
-    let source = super::plan::source(&pc, inputs_secret.as_ref().map(inputs_hash));
+    let opted_in = inputs_secret.as_ref().is_some_and(opted_in);
+    // labelling the Secret counts as new inputs, so it is retried at once
+    let hash = inputs_secret.as_ref().map(|s| {
+        if opted_in {
+            inputs_hash(s)
+        } else {
+            "not-opted-in".into()
+        }
+    });
+    let source = super::plan::source(&pc, hash);
     Ok(Snapshot {
         source,
         output,
+        inputs_opted_in: opted_in,
         inputs: inputs_secret.as_ref().map(Inputs::from_secret),
         state_secret,
         upstream,

@@ -20,6 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
+pub use gather::INPUTS_LABEL;
 pub use output::{MANAGED_BY_LABEL, MANAGER};
 pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
 

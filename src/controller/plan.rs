@@ -19,7 +19,7 @@ use super::gather::Snapshot;
 use super::state::{Pending, State};
 use super::{output, status};
 use crate::crd::{GrantType, InputRole, ProviderCredentialSpec, ProviderCredentialStatus};
-use crate::providers::{Grant, ProviderError};
+use crate::providers::{Grant, ProviderError, RefreshVerdict};
 use crate::reason::Reason;
 use crate::renewal::{
     self, Current, Decision, GrantChoice, Observed, Policy, Refresh, Source, decide, retry_at,
@@ -95,8 +95,9 @@ pub struct Writes {
 /// What follows a failed token request.
 #[derive(Debug)]
 pub enum AfterError {
-    /// The refresh token was rejected: persist `state` (without it), then try this.
-    Retry(Box<Attempt>),
+    /// The refresh token was rejected: persist `state` (without it), publish the warning, then
+    /// try this.
+    Retry(Box<Attempt>, String),
     Fail(Failed),
 }
 
@@ -140,6 +141,17 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
             ),
         ));
     };
+    if !snap.inputs_opted_in {
+        return Err(Failed::new(
+            Reason::InputsNotOptedIn,
+            format!(
+                "Secret {name:?} does not carry the label {label}=true: tokensync sends a Secret's values to a provider only when the Secret opts in (kubectl label secret {name} -n {ns} {label}=true)",
+                name = spec.inputs.secret_name,
+                label = super::gather::INPUTS_LABEL,
+                ns = pc.namespace().unwrap_or_default(),
+            ),
+        ));
+    }
     let invalid = |message: String| Failed::new(Reason::InvalidSpec, message);
     let policy = Policy::from_spec(spec.refresh.as_ref()).map_err(invalid)?;
     output::validate(pc).map_err(invalid)?;
@@ -475,35 +487,52 @@ fn person_must_act(
     })
 }
 
-/// What follows a failed request: a rejected refresh token is dropped and the primary grant
-/// tried once, when the inputs allow it.
+/// What follows a failed request. A failed refresh is judged by the provider's OAuth error
+/// code: a dead refresh token (`invalid_grant`, or any other 4xx) is dropped and the primary
+/// grant tried once when the inputs allow it, with a Warning that carries the provider's
+/// reason; a configuration error (`invalid_client`, ...) or an outage keeps the refresh token.
 pub fn on_error(snap: &Snapshot, attempt: Attempt, error: &ProviderError) -> AfterError {
     let message = redact(snap, &attempt.state, &error.to_string());
-    if matches!(attempt.grant, Grant::Refresh(_)) && error.is_rejected_grant() {
-        let mut state = attempt.state;
-        state.refresh_token = None;
-        state.refresh_expires_at = None;
-        if attempt.primary_possible {
-            return AfterError::Retry(Box::new(Attempt {
-                grant: Grant::Primary,
-                state,
-                ..attempt
-            }));
-        }
+    if !matches!(attempt.grant, Grant::Refresh(_)) {
         return AfterError::Fail(Failed {
-            state: Some(Box::new(state)),
+            retry_after: error.retry_after(),
+            ..Failed::new(error.reason(), message)
+        });
+    }
+    if error.refresh_verdict() != RefreshVerdict::GrantDead {
+        return AfterError::Fail(Failed {
+            retry_after: error.retry_after(),
             ..Failed::new(
-                Reason::RefreshTokenRejected,
-                format!(
-                    "the provider rejected the refresh token ({message}) and the inputs allow no new login: a person must put new inputs into Secret {:?}",
-                    snap.pc.spec.inputs.secret_name
-                ),
+                error.reason(),
+                format!("the refresh grant failed (the refresh token is kept): {message}"),
             )
         });
     }
+    let mut state = attempt.state;
+    state.refresh_token = None;
+    state.refresh_expires_at = None;
+    if attempt.primary_possible {
+        let warning = format!(
+            "the provider rejected the refresh token ({message}); logging in again with the primary grant"
+        );
+        return AfterError::Retry(
+            Box::new(Attempt {
+                grant: Grant::Primary,
+                state,
+                ..attempt
+            }),
+            warning,
+        );
+    }
     AfterError::Fail(Failed {
-        retry_after: error.retry_after(),
-        ..Failed::new(error.reason(), message)
+        state: Some(Box::new(state)),
+        ..Failed::new(
+            Reason::RefreshTokenRejected,
+            format!(
+                "the provider rejected the refresh token ({message}) and the inputs allow no new login: a person must put new inputs into Secret {:?}",
+                snap.pc.spec.inputs.secret_name
+            ),
+        )
     })
 }
 

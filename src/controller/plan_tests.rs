@@ -79,6 +79,7 @@ fn snapshot(pc: ProviderCredential) -> Snapshot {
         pc: Arc::new(pc),
         output: None,
         inputs: Some(inputs()),
+        inputs_opted_in: true,
         state_secret: None,
         upstream: None,
         http: Ok(client()),
@@ -205,7 +206,7 @@ fn simulate(
                         }
                     },
                     Err(e) => match on_error(snap, *attempt, &e) {
-                        AfterError::Retry(next) => attempt = next,
+                        AfterError::Retry(next, _) => attempt = next,
                         AfterError::Fail(failed) => {
                             run.failures.push((now, failed.reason));
                             apply_failure(snap, &failed, now);
@@ -580,8 +581,9 @@ fn a_rejected_refresh_token() {
             policy: Policy::default(),
         };
         match on_error(&snap, attempt, &rejected) {
-            AfterError::Retry(next) => {
+            AfterError::Retry(next, warning) => {
                 assert!(fallback);
+                assert!(warning.contains("invalid_grant"), "{warning}");
                 assert!(matches!(next.grant, Grant::Primary));
                 assert_eq!(next.state.refresh_token, None);
             }
@@ -726,4 +728,72 @@ fn a_person_is_warned_before_the_refresh_deadline() {
             .iter()
             .any(|e| e.1 == Reason::RefreshTokenExpiring)
     );
+}
+
+/// Issue 8: a Secret that did not opt in is never sent anywhere.
+#[test]
+fn inputs_must_opt_in() {
+    let mut snap = snapshot(credential(GrantType::ClientCredentials));
+    snap.inputs_opted_in = false;
+    match plan(&snap, t(0)) {
+        Plan::Fail(f) => {
+            assert_eq!(f.reason, Reason::InputsNotOptedIn);
+            assert!(
+                f.message.contains("tokensync.dev/inputs=true"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 10: a bare 400 to a refresh falls back to the primary grant; `invalid_client` keeps
+/// the refresh token and says the refresh grant failed.
+#[test]
+fn failed_refreshes_by_error_code() {
+    let reject = |status, detail: Option<&str>| ProviderError::Rejected {
+        url: "https://auth.example/token".into(),
+        status,
+        detail: detail.map(String::from),
+        retry_after: None,
+    };
+    let attempt = || Attempt {
+        why: renewal::Reason::Due,
+        grant: Grant::Refresh("rt-1".into()),
+        primary_possible: false,
+        shorter_timeout: false,
+        state: State {
+            refresh_token: Some("rt-1".into()),
+            ..Default::default()
+        },
+        policy: Policy::default(),
+    };
+    let snap = snapshot(credential(GrantType::AuthorizationCode));
+    // a bare 400: the refresh token is dead, a person must act (the code was spent)
+    match on_error(&snap, attempt(), &reject(400, None)) {
+        AfterError::Fail(f) => {
+            assert_eq!(f.reason, Reason::RefreshTokenRejected);
+            assert_eq!(f.state.unwrap().refresh_token, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // invalid_client: a configuration problem; the refresh token stays (no state to write)
+    match on_error(
+        &snap,
+        attempt(),
+        &reject(401, Some("invalid_client: bad secret")),
+    ) {
+        AfterError::Fail(f) => {
+            assert_eq!(f.reason, Reason::Unauthorized);
+            assert!(f.state.is_none(), "the refresh token was dropped");
+            assert!(f.message.contains("refresh grant"), "{}", f.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // an outage keeps it too
+    match on_error(&snap, attempt(), &reject(503, None)) {
+        AfterError::Fail(f) => assert!(f.state.is_none()),
+        other => panic!("{other:?}"),
+    }
 }

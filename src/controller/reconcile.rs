@@ -136,6 +136,7 @@ impl<'a> Reconcile<'a> {
             source: plan::source(&self.pc, None),
             output: None,
             inputs: None,
+            inputs_opted_in: false,
             state_secret: None,
             upstream: None,
             http: Err((Reason::InternalError, String::new())),

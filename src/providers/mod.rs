@@ -49,6 +49,12 @@ pub struct Upstream {
 pub enum ProviderError {
     #[error("key {key:?} is missing from the inputs Secret (needed for {purpose})")]
     MissingInput { key: String, purpose: &'static str },
+    #[error("key {key:?} of the inputs Secret {problem} (needed for {purpose})")]
+    BadInput {
+        key: String,
+        problem: &'static str,
+        purpose: &'static str,
+    },
     #[error(
         "{url} uses plain http; token URLs must be https unless the operator runs with --allow-insecure-http"
     )]
@@ -79,10 +85,19 @@ impl ProviderError {
     pub fn reason(&self) -> Reason {
         match self {
             ProviderError::MissingInput { .. } => Reason::InputKeyMissing,
+            ProviderError::BadInput { .. } => Reason::InvalidInputs,
             ProviderError::InsecureUrl { .. } => Reason::InsecureURL,
             ProviderError::HostNotAllowed { .. } => Reason::HostNotAllowed,
             ProviderError::InvalidSpec(_) => Reason::InvalidSpec,
             ProviderError::Transport { .. } => Reason::ProviderUnreachable,
+            ProviderError::Rejected { .. }
+                if matches!(
+                    self.oauth_error(),
+                    Some("invalid_client" | "unauthorized_client" | "invalid_scope")
+                ) =>
+            {
+                Reason::Unauthorized
+            }
             ProviderError::Rejected { status: 401, .. }
             | ProviderError::Rejected { status: 403, .. } => Reason::Unauthorized,
             ProviderError::Rejected { status: 429, .. } => Reason::RateLimited,
@@ -105,17 +120,56 @@ impl ProviderError {
         matches!(self, ProviderError::Transport { .. })
     }
 
-    /// Whether the provider answered that the refresh token is no longer good (HTTP 400/401
-    /// with `invalid_grant`, or a bare 401), so a fresh primary grant is the cure.
-    pub fn is_rejected_grant(&self) -> bool {
-        match self {
-            ProviderError::Rejected { status: 401, .. } => true,
-            ProviderError::Rejected { detail, .. } => detail
-                .as_deref()
-                .is_some_and(|d| d.starts_with("invalid_grant")),
-            _ => false,
+    /// The OAuth 2.0 `error` code of the answer (RFC 6749 5.2), when it gave one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        let ProviderError::Rejected {
+            detail: Some(d), ..
+        } = self
+        else {
+            return None;
+        };
+        let code = d.split(':').next().unwrap_or_default().trim();
+        (!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .then_some(code)
+    }
+
+    /// What a failed refresh means, by the OAuth `error` code rather than the HTTP status:
+    /// `invalid_grant` (and any other 4xx, a bare 400 included) means the refresh token is
+    /// dead; `invalid_client`, `unauthorized_client` and `invalid_scope` are configuration
+    /// problems that leave the refresh token good; the rest may pass.
+    pub fn refresh_verdict(&self) -> RefreshVerdict {
+        match (self, self.oauth_error()) {
+            (_, Some("invalid_client" | "unauthorized_client" | "invalid_scope")) => {
+                RefreshVerdict::Configuration
+            }
+            (_, Some("invalid_grant")) => RefreshVerdict::GrantDead,
+            (ProviderError::Rejected { status, .. }, _)
+                if (400..500).contains(status) && !matches!(status, 408 | 429) =>
+            {
+                RefreshVerdict::GrantDead
+            }
+            (ProviderError::Rejected { .. } | ProviderError::Transport { .. }, _) => {
+                RefreshVerdict::Transient
+            }
+            _ => RefreshVerdict::Configuration,
         }
     }
+
+    /// Whether the refresh token is dead, so a fresh primary grant is the cure.
+    pub fn is_rejected_grant(&self) -> bool {
+        self.refresh_verdict() == RefreshVerdict::GrantDead
+    }
+}
+
+/// What a failed refresh request says about the refresh token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshVerdict {
+    /// It is dead (`invalid_grant`, an unknown 4xx): drop it, log in again if the inputs allow.
+    GrantDead,
+    /// The request was wrong, not the token (`invalid_client`, ...): keep it, fix the spec.
+    Configuration,
+    /// The provider may recover: keep it, retry with backoff.
+    Transient,
 }
 
 /// Fetch one token as the spec says.
@@ -391,6 +445,71 @@ pub(crate) mod tests {
         }
     }
 
+    /// Issue 10: a failed refresh is judged by its OAuth error code, not its HTTP status.
+    #[test]
+    fn refresh_failures_by_error_code() {
+        use RefreshVerdict::*;
+        let e = |status, detail: Option<&str>| ProviderError::Rejected {
+            url: "u".into(),
+            status,
+            detail: detail.map(String::from),
+            retry_after: None,
+        };
+        let cases = [
+            (
+                400,
+                Some("invalid_grant: Token is not active"),
+                GrantDead,
+                Reason::TokenRequestFailed,
+            ),
+            (400, None, GrantDead, Reason::TokenRequestFailed),
+            (401, None, GrantDead, Reason::Unauthorized),
+            (404, None, GrantDead, Reason::TokenRequestFailed),
+            (
+                401,
+                Some("invalid_client: Invalid client credentials"),
+                Configuration,
+                Reason::Unauthorized,
+            ),
+            (
+                400,
+                Some("unauthorized_client: Client not allowed"),
+                Configuration,
+                Reason::Unauthorized,
+            ),
+            (
+                401,
+                Some("unauthorized_client"),
+                Configuration,
+                Reason::Unauthorized,
+            ),
+            (
+                400,
+                Some("invalid_scope: nope"),
+                Configuration,
+                Reason::Unauthorized,
+            ),
+            (429, None, Transient, Reason::RateLimited),
+            (503, None, Transient, Reason::TokenRequestFailed),
+            (
+                400,
+                Some("Some Message: with a colon"),
+                GrantDead,
+                Reason::TokenRequestFailed,
+            ),
+        ];
+        for (status, detail, verdict, reason) in cases {
+            let err = e(status, detail);
+            assert_eq!(err.refresh_verdict(), verdict, "{status} {detail:?}");
+            assert_eq!(err.reason(), reason, "{status} {detail:?}");
+        }
+        let down = ProviderError::Transport {
+            url: "u".into(),
+            reason: "timed out".into(),
+        };
+        assert_eq!(down.refresh_verdict(), Transient);
+    }
+
     #[test]
     fn rejected_grant_is_401_or_invalid_grant() {
         let e = |status, detail: Option<&str>| ProviderError::Rejected {
@@ -401,7 +520,7 @@ pub(crate) mod tests {
         };
         assert!(e(401, None).is_rejected_grant());
         assert!(e(400, Some("invalid_grant: Token is not active")).is_rejected_grant());
-        assert!(!e(400, Some("invalid_request")).is_rejected_grant());
+        assert!(e(400, Some("invalid_request")).is_rejected_grant());
         assert!(!e(500, None).is_rejected_grant());
         assert_eq!(e(401, None).reason(), Reason::Unauthorized);
         assert_eq!(e(429, None).reason(), Reason::RateLimited);

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{Grant, ProviderError, Request, check_url, jwt_exp, seconds_value};
 use crate::crd::{ClientAuthentication, GrantType, InputKeys, InputRole, OAuth2Spec};
-use crate::token::{Inputs, SecretValue, Token};
+use crate::token::{InputProblem, Inputs, SecretValue, Token};
 
 /// A form body and the HTTP Basic credentials of one token request. `Debug` is redacted.
 pub struct TokenForm {
@@ -48,8 +48,20 @@ fn input<'a>(
     purpose: &'static str,
 ) -> Result<&'a SecretValue, ProviderError> {
     let key = keys.key(role);
-    inputs.get(key).ok_or_else(|| ProviderError::MissingInput {
+    let problem = match inputs.require(key) {
+        Ok(v) => return Ok(v),
+        Err(InputProblem::Missing) => {
+            return Err(ProviderError::MissingInput {
+                key: key.to_string(),
+                purpose,
+            });
+        }
+        Err(InputProblem::Empty) => "is empty",
+        Err(InputProblem::NotText) => "is not UTF-8 text (binary values are not sent)",
+    };
+    Err(ProviderError::BadInput {
         key: key.to_string(),
+        problem,
         purpose,
     })
 }
@@ -383,6 +395,45 @@ mod tests {
         assert_eq!(form.param("grant_type"), Some("refresh_token"));
         assert_eq!(form.param("refresh_token"), Some("rt-1"));
         assert_eq!(form.param("password"), None);
+    }
+
+    /// Issue 8: an empty client secret or a binary value is refused naming the key, never sent.
+    #[test]
+    fn empty_and_binary_inputs_are_refused() {
+        let s = spec(GrantType::Password, ClientAuthentication::ClientSecretPost);
+        let mut secret = k8s_openapi::api::core::v1::Secret {
+            data: Some(
+                [
+                    ("client_id", b"id".to_vec()),
+                    ("client_secret", b"".to_vec()),
+                    ("username", b"u".to_vec()),
+                    ("password", vec![0xff, 0xfe, 0x41]),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v)))
+                .collect(),
+            ),
+            ..Default::default()
+        };
+        let inputs = Inputs::from_secret(&secret);
+        let err = token_form(&s, &InputKeys::default(), &inputs, &Grant::Primary).unwrap_err();
+        assert_eq!(err.reason(), crate::reason::Reason::InvalidInputs);
+        assert!(
+            err.to_string().contains("\"password\"") && err.to_string().contains("UTF-8"),
+            "{err}"
+        );
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("password".into(), k8s_openapi::ByteString(b"pw".to_vec()));
+        let inputs = Inputs::from_secret(&secret);
+        let err = token_form(&s, &InputKeys::default(), &inputs, &Grant::Primary).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"client_secret\" of the inputs Secret is empty"),
+            "{err}"
+        );
     }
 
     #[test]
