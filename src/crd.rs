@@ -32,6 +32,8 @@ pub const URL_PATTERN: &str = r"^https?://[^/?#\s@]+([/?#]\S*)?$";
 /// A templated http(s) URL: templates may fill the path and query, never the host, so the host a
 /// request goes to is always visible in the manifest (and to an egress allowlist).
 pub const TEMPLATE_URL_PATTERN: &str = r"^https?://[^/?#\s{}@]+([/?#].*)?$";
+/// An RFC 6749 scope token: no spaces, quotes or backslashes.
+pub const SCOPE_PATTERN: &str = r"^[!#-\[\]-~]+$";
 /// A JSON pointer (RFC 6901) into a response body.
 pub const JSON_POINTER_PATTERN: &str = r"^(/[^/]*)+$";
 /// The suffix of the operator's state Secrets (`<metadata.name>-tokensync-state`), which hold
@@ -266,7 +268,7 @@ pub struct OAuth2Spec {
     pub grant_type: GrantType,
     /// Scopes to request, sent space-separated; each a non-empty RFC 6749 scope token (no spaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))", "message": "spec.oauth2.scopes: each scope must be non-empty and without spaces or quotes (RFC 6749 scope-token); list several scopes as several items"}]), length(max = 64))]
+    #[schemars(length(max = 64), inner(regex(pattern = SCOPE_PATTERN), length(min = 1, max = 256)))]
     pub scopes: Vec<String>,
     /// The `audience` parameter, for providers that take one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,7 +279,7 @@ pub struct OAuth2Spec {
     /// Extra form parameters sent with every token request (e.g. `token_format: jwt`); the
     /// grant's own parameters (`grant_type`, `client_secret`, `scope`, ...) cannot be set here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(k, !(k in ['grant_type', 'client_id', 'client_secret', 'scope', 'audience', 'username', 'password', 'refresh_token', 'code', 'redirect_uri', 'code_verifier', 'assertion', 'client_assertion', 'client_assertion_type']))", "message": "spec.oauth2.extraParams: grant parameters (grant_type, client_id, client_secret, scope, audience, username, password, refresh_token, code, redirect_uri, code_verifier, assertion, client_assertion, client_assertion_type) are set by tokensync and cannot be overridden"}]))]
+    #[schemars(extend("maxProperties" = 32, "x-kubernetes-validations" = [{"rule": "self.all(k, !(k in ['grant_type', 'client_id', 'client_secret', 'scope', 'audience', 'username', 'password', 'refresh_token', 'code', 'redirect_uri', 'code_verifier', 'assertion', 'client_assertion', 'client_assertion_type']))", "message": "spec.oauth2.extraParams: grant parameters (grant_type, client_id, client_secret, scope, audience, username, password, refresh_token, code, redirect_uri, code_verifier, assertion, client_assertion, client_assertion_type) are set by tokensync and cannot be overridden"}]))]
     pub extra_params: BTreeMap<String, String>,
 }
 

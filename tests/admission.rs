@@ -454,3 +454,56 @@ async fn output_labels_and_annotations_must_be_valid_and_not_the_operators() {
     .await;
     a.finish().await;
 }
+
+/// Issue 8: URLs never carry credentials; the grant's own parameters cannot be overridden;
+/// scopes are RFC 6749 scope tokens.
+#[tokio::test]
+async fn the_wire_is_exact() {
+    let mut a = Admission::new("adm-wire").await;
+    a.refused(
+        "userinfo in tokenUrl",
+        None,
+        json!({"oauth2": {"tokenUrl": "https://user:secret@auth.example/token"}}),
+        &["spec.oauth2.tokenUrl"],
+    )
+    .await;
+    a.refused(
+        "userinfo in issuerUrl",
+        None,
+        json!({"oauth2": {"tokenUrl": null, "issuerUrl": "https://u:p@auth.example/realms/x"}}),
+        &["spec.oauth2.issuerUrl"],
+    )
+    .await;
+    a.refused(
+        "userinfo in a templated URL",
+        None,
+        json!({"oauth2": null, "http": {"login": {"url": "https://u:{{ inputs.password }}@api.example/login"}}}),
+        &["spec.http.login.url"],
+    )
+    .await;
+    for reserved in ["grant_type", "client_secret", "scope", "refresh_token"] {
+        a.refused(
+            &format!("extraParams.{reserved}"),
+            None,
+            json!({"oauth2": {"extraParams": {reserved: "x"}}}),
+            &["spec.oauth2.extraParams", "cannot be overridden"],
+        )
+        .await;
+    }
+    for scope in ["read write", "", "a\"b"] {
+        a.refused(
+            &format!("scope {scope:?}"),
+            None,
+            json!({"oauth2": {"scopes": ["ok", scope]}}),
+            &["spec.oauth2.scopes[1]"],
+        )
+        .await;
+    }
+    a.admitted(
+        "vendor extras and colon scopes",
+        None,
+        json!({"oauth2": {"extraParams": {"token_format": "jwt"}, "scopes": ["openid", "api:read", "https://api.example/.default"]}}),
+    )
+    .await;
+    a.finish().await;
+}
