@@ -114,31 +114,41 @@ async fn a_refused_output_write_backs_off_and_keeps_the_issued_token() {
     ns.delete().await;
 }
 
-/// Defect 7: two credentials created together with the same output Secret: exactly one owns
-/// it, keeps it, and the other is told.
-#[tokio::test]
-async fn two_credentials_never_share_an_output_secret() {
-    let (client, ns, fakes) = setup("twoowners").await;
+/// The Altitude Angel client-credentials example against the fakes: its inputs Secret applied,
+/// and a function giving its ProviderCredential under another name and output Secret.
+async fn client_credentials(ns: &TestNs, fakes: &FakeProviders) -> impl Fn(&str, &str) -> String {
     let text =
         std::fs::read_to_string(root().join("examples/altitude-angel-client-credentials.yaml"))
             .unwrap();
     let text = tokensync_fakes::rewrite_urls(&text, &fakes.base_url());
     let (secret_doc, pc_doc) = text.split_once("\n---").unwrap();
     ns.apply(secret_doc).await;
+    let pc_doc = pc_doc.to_string();
+    move |name: &str, output: &str| {
+        pc_doc
+            .replace(
+                "  name: altitude-angel-client\n",
+                &format!("  name: {name}\n"),
+            )
+            .replace(
+                "secretName: altitude-angel-token",
+                &format!("secretName: {output}"),
+            )
+    }
+}
+
+/// Defect 7: two credentials created together with the same output Secret: exactly one owns
+/// it, keeps it, and the other is told.
+#[tokio::test]
+async fn two_credentials_never_share_an_output_secret() {
+    let (client, ns, fakes) = setup("twoowners").await;
+    let credential = client_credentials(&ns, &fakes).await;
     for round in 0..3 {
         let names = [format!("first-{round}"), format!("second-{round}")];
         let output = format!("shared-{round}");
         let operator = Operator::start(&client, &ns.name);
         for name in &names {
-            let doc = pc_doc
-                .replace(
-                    "  name: altitude-angel-client\n",
-                    &format!("  name: {name}\n"),
-                )
-                .replace(
-                    "secretName: altitude-angel-token",
-                    &format!("secretName: {output}"),
-                );
+            let doc = credential(name, &output);
             ns.apply(&doc).await;
         }
         let (owner, loser) = eventually("one owner and one refusal", WAIT, || async {
@@ -279,12 +289,7 @@ async fn hung_providers_never_delay_healthy_renewals() {
     let (client, ns, fakes) = setup("noisy").await;
     fakes.state.set_lifetime(Vendor::AltitudeAngel, 20);
     let (hung, _server) = hung_server().await;
-    let text =
-        std::fs::read_to_string(root().join("examples/altitude-angel-client-credentials.yaml"))
-            .unwrap();
-    let text = tokensync_fakes::rewrite_urls(&text, &fakes.base_url());
-    let (secret_doc, pc_doc) = text.split_once("\n---").unwrap();
-    ns.apply(secret_doc).await;
+    let credential = client_credentials(&ns, &fakes).await;
     let operator = Operator::start_with(
         &client,
         Config {
@@ -295,18 +300,7 @@ async fn hung_providers_never_delay_healthy_renewals() {
     );
     let healthy: Vec<String> = (0..8).map(|i| format!("healthy-{i}")).collect();
     for name in &healthy {
-        ns.apply(
-            &pc_doc
-                .replace(
-                    "  name: altitude-angel-client\n",
-                    &format!("  name: {name}\n"),
-                )
-                .replace(
-                    "secretName: altitude-angel-token",
-                    &format!("secretName: {name}-token"),
-                ),
-        )
-        .await;
+        ns.apply(&credential(name, &format!("{name}-token"))).await;
     }
     for name in &healthy {
         ns.wait_ready(name, "True", None).await;
@@ -314,19 +308,9 @@ async fn hung_providers_never_delay_healthy_renewals() {
     let base = format!("{}/altitude-angel", fakes.base_url());
     for i in 0..10 {
         let name = format!("hung-{i}");
-        ns.apply(
-            &pc_doc
-                .replace(
-                    "  name: altitude-angel-client\n",
-                    &format!("  name: {name}\n"),
-                )
-                .replace(
-                    "secretName: altitude-angel-token",
-                    &format!("secretName: {name}-token"),
-                )
-                .replace(&base, &format!("{hung}/altitude-angel")),
-        )
-        .await;
+        let doc = credential(&name, &format!("{name}-token"));
+        ns.apply(&doc.replace(&base, &format!("{hung}/altitude-angel")))
+            .await;
     }
     // sample every healthy Secret once a second for 75 s
     let secrets: Api<Secret> = ns.api();
