@@ -69,6 +69,26 @@ struct Inner {
     refresh_tokens: BTreeMap<Vendor, Vec<(String, u64)>>,
     /// Every access token issued, by vendor, in order.
     issued: BTreeMap<Vendor, Vec<Issued>>,
+    /// How the PAT mint answers `expires_at`.
+    pat_expiry: PatExpiry,
+    /// A userinfo endpoint (`http://127.0.0.1:PORT/...`) that vouches for the bearer token of a
+    /// PAT mint instead of this fake's own Dronetag realm (a real Keycloak in the conformance
+    /// tests).
+    pat_userinfo: Option<String>,
+}
+
+/// How the fake PAT mint writes `expires_at` in its answer (the vendor does not document it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PatExpiry {
+    /// `2025-09-09T10:00:00Z`
+    #[default]
+    Rfc3339,
+    /// `2025-09-09`, the date the request asked for
+    Date,
+    /// Unix milliseconds, as a number
+    EpochMillis,
+    /// Something no parser reads (`"in 30 days"`)
+    Unreadable,
 }
 
 /// An access token a fake issued.
@@ -245,6 +265,25 @@ impl State {
             }
             None => false,
         }
+    }
+
+    /// Answer PAT mints with `expires_at` written this way.
+    pub fn set_pat_expiry(&self, form: PatExpiry) {
+        self.lock().pat_expiry = form;
+    }
+
+    fn pat_expiry(&self) -> PatExpiry {
+        self.lock().pat_expiry
+    }
+
+    /// Accept a PAT mint's bearer token when `userinfo` (a plain-http loopback URL of an OIDC
+    /// userinfo endpoint) answers 200 for it, instead of looking it up in the fake realm.
+    pub fn set_pat_userinfo(&self, userinfo: Option<String>) {
+        self.lock().pat_userinfo = userinfo;
+    }
+
+    fn pat_userinfo(&self) -> Option<String> {
+        self.lock().pat_userinfo.clone()
     }
 
     /// Forget every refresh token `vendor` issued (a password change, an admin revoking sessions).
