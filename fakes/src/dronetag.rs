@@ -138,11 +138,14 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         }
         "refresh_token" => {
             match state.use_refresh_token(Vendor::Dronetag, &p("refresh_token"), true) {
-                // rotated: a new refresh token for the same session, same deadline
-                Some(deadline) => (
-                    state.rotate_refresh_token(Vendor::Dronetag, deadline),
-                    deadline,
-                ),
+                // rotated: a new refresh token for the same session, same deadline and scopes
+                Some(deadline) => {
+                    scopes = state.refresh_scopes(&p("refresh_token"));
+                    (
+                        state.rotate_refresh_token(Vendor::Dronetag, deadline),
+                        deadline,
+                    )
+                }
                 None => {
                     state.hit("dronetag token refresh_token rejected".into());
                     return oauth_error(
@@ -161,6 +164,7 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
             );
         }
     };
+    state.set_refresh_scopes(&refresh_token, scopes.clone());
     let lifetime = state.lifetime(Vendor::Dronetag);
     let now = now_secs();
     let scope = scopes.join(" ");

@@ -69,6 +69,8 @@ struct Inner {
     refresh_tokens: BTreeMap<Vendor, Vec<(String, u64)>>,
     /// Every access token issued, by vendor, in order.
     issued: BTreeMap<Vendor, Vec<Issued>>,
+    /// The scopes granted to the session of each live refresh token (a refresh keeps them).
+    refresh_scopes: BTreeMap<String, Vec<String>>,
     /// How the PAT mint answers `expires_at`.
     pat_expiry: PatExpiry,
     /// A userinfo endpoint (`http://127.0.0.1:PORT/...`) that vouches for the bearer token of a
@@ -265,6 +267,20 @@ impl State {
             }
             None => false,
         }
+    }
+
+    /// Remember the scopes granted with refresh token `rt`.
+    fn set_refresh_scopes(&self, rt: &str, scopes: Vec<String>) {
+        self.lock().refresh_scopes.insert(rt.to_string(), scopes);
+    }
+
+    /// The scopes granted with refresh token `rt`.
+    fn refresh_scopes(&self, rt: &str) -> Vec<String> {
+        self.lock()
+            .refresh_scopes
+            .get(rt)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Answer PAT mints with `expires_at` written this way.
