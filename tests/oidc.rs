@@ -40,7 +40,7 @@ spec:
 async fn client_credentials_post_and_basic_through_discovery() {
     let client = client().await;
     let ns = TestNs::new(&client, "oidc-cc").await;
-    let oidc = OidcServer::start(6).await;
+    let oidc = OidcServer::start(12).await;
     let operator = Operator::start(&client, &ns.name);
     let post = TokenLog::start(&ns, "cc-post-token", "token");
     let basic = TokenLog::start(&ns, "cc-basic-token", "token");
@@ -67,7 +67,7 @@ async fn client_credentials_post_and_basic_through_discovery() {
             .unwrap()
             .0
             .duration_since(status.last_refresh_at.unwrap().0);
-        assert_eq!(lifetime.as_secs(), 6, "{name}: expires_in from the server");
+        assert_eq!(lifetime.as_secs(), 12, "{name}: expires_in from the server");
         log.wait_for(3, WAIT).await;
         log.assert_renewed_before_expiry();
     }
@@ -79,7 +79,7 @@ async fn client_credentials_post_and_basic_through_discovery() {
 async fn authorization_code_bootstrap_lives_on_rotating_refresh_tokens() {
     let client = client().await;
     let ns = TestNs::new(&client, "oidc-code").await;
-    let oidc = OidcServer::start(6).await;
+    let oidc = OidcServer::start(12).await;
     let code = oidc.code().await;
     let operator = Operator::start(&client, &ns.name);
     let log = TokenLog::start(&ns, "user-token", "token");
