@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -259,10 +257,6 @@ async fn a_wrong_client_secret_is_unauthorized_and_keeps_the_refresh_token() {
 
     // the renewal after 2/3 of 29 s is a refresh, now with a secret Keycloak no longer knows
     set_client_secret(keycloak, "rotated-by-an-admin-7f3e").await;
-    tokio::spawn(async {
-        tokio::time::sleep(Duration::from_secs(50)).await;
-        std::fs::write("/tmp/kc-secret-logs.txt", captured_logs()).unwrap();
-    });
     let pc = ns
         .wait_ready("dronetag", "False", Some("Unauthorized"))
         .await;

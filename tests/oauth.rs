@@ -98,6 +98,36 @@ async fn discovery_is_read_once_for_many_token_requests() {
     ns.delete().await;
 }
 
+/// A refresh answered with a bare 400 and an empty body (no `invalid_grant`, issue 10 item 1)
+/// means the refresh token is dead: the password grant runs at once, and the token never
+/// expires in the Secret.
+#[tokio::test]
+async fn a_bare_400_to_a_refresh_falls_back_to_the_password_grant() {
+    let (client, ns, fakes) = setup("bare-400").await;
+    fakes.state.set_lifetime(Vendor::Dronetag, 15);
+    let operator = Operator::start(&client, &ns.name);
+    let log = TokenLog::start(&ns, "dronetag-token", "token");
+    ns.apply_example("dronetag-oidc.yaml", &fakes).await;
+    log.wait_for(1, WAIT).await;
+    assert_eq!(fakes.state.count("dronetag token password"), 1);
+    fakes
+        .state
+        .set_fault(Vendor::Dronetag, Fault::BareOnRefresh(400));
+    log.wait_for(2, WAIT).await;
+    assert_eq!(
+        fakes.state.count("dronetag token refresh_token"),
+        1,
+        "the dead refresh token is not presented again: {:?}",
+        fakes.state.counters()
+    );
+    assert_eq!(fakes.state.count("dronetag token password"), 2);
+    log.assert_renewed_before_expiry();
+    ns.wait_ready("dronetag", "True", Some("TokenRenewed"))
+        .await;
+    operator.stop().await;
+    ns.delete().await;
+}
+
 /// Whether any JSON object in `text` repeats a key (serde_json keeps the last one silently).
 fn repeated_key(text: &str) -> Result<(), String> {
     use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};

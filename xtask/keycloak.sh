@@ -73,6 +73,9 @@ run() {
   cp "$realm" "$KC_HOME/data/import/$(basename "$realm")"
   export KC_BOOTSTRAP_ADMIN_USERNAME=admin KC_BOOTSTRAP_ADMIN_PASSWORD=admin
   export JAVA_OPTS_KC_HEAP="-XX:MaxRAMPercentage=10 -XX:InitialRAMPercentage=2"
+  # the client compiler only: starts in about two thirds of the time on 2 cores, fast enough
+  # for a test server
+  export JAVA_OPTS_APPEND="${JAVA_OPTS_APPEND:--XX:TieredStopAtLevel=1}"
   local args=(start-dev --db=dev-mem --http-host=127.0.0.1 --http-port="$port"
     --http-management-port="$mgmt" --hostname-strict=false --import-realm
     --log-level=WARN,org.keycloak.events:DEBUG)

@@ -66,9 +66,10 @@ pub enum Fault {
     Malformed,
     /// Answer 200 with a JSON body of 2 MiB.
     Oversized,
-    /// Answer this status with an empty body (no OAuth error code), as some servers refuse a
-    /// dead refresh token.
-    Bare(u16),
+    /// Answer refresh-token grants (routes ending in `refresh_token`) with this status and an
+    /// empty body, no OAuth error code, as some servers refuse a dead refresh token; other
+    /// requests are answered normally.
+    BareOnRefresh(u16),
 }
 
 /// Count the request and apply the vendor's fault, if any; `Some` is the response to give instead.
@@ -79,10 +80,11 @@ pub async fn enter(state: &State, vendor: Vendor, route: String) -> Option<Respo
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Some(oauth_error(status, "server_error", "injected fault"))
         }
-        Fault::Bare(code) => {
+        Fault::BareOnRefresh(code) if route.ends_with("refresh_token") => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Some(status.into_response())
         }
+        Fault::BareOnRefresh(_) => None,
         Fault::Delay(d) => {
             crate::delay(d).await;
             None

@@ -224,6 +224,8 @@ fn conformance() -> Result {
             "--ignored",
             "--test-threads",
             "8",
+            // the harness prints Keycloak's start time
+            "--show-output",
         ])
         .env("KUBECONFIG", kubeconfig()?)
         .env("TOKENSYNC_REQUIRE_CLUSTER", "1"));
