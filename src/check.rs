@@ -19,7 +19,11 @@ pub struct Summary {
     pub refresh_token: bool,
     /// Whether the token shown is the answer to a refresh (with `--refresh`).
     pub refreshed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// What else to know (e.g. that `--refresh` had no refresh token to use).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// First 8 hex characters of the token's SHA-256.
     pub fingerprint: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +69,7 @@ async fn fetch(
     grant: Grant,
     upstream: Option<Upstream>,
     egress: &providers::Egress,
+    discovery: &providers::Discovery,
 ) -> Result<Token, String> {
     let request = Request {
         spec: &pc.spec,
@@ -75,9 +80,13 @@ async fn fetch(
         upstream,
         timeout: None,
     };
-    let mut token = providers::fetch(http, &request)
+    let fetched = providers::fetch_with(http, &request, discovery)
         .await
         .map_err(|e| inputs.redact(&e.to_string()))?;
+    for warning in &fetched.warnings {
+        eprintln!("warning: {}", inputs.redact(warning));
+    }
+    let mut token = fetched.token;
     // the controller's own checks of what arrived: too short a life is an error, too long clamped
     for warning in crate::renewal::check_token(&mut token)? {
         eprintln!("warning: {warning}");
@@ -92,7 +101,8 @@ pub async fn upstream(
     egress: &providers::Egress,
 ) -> Result<Upstream, String> {
     let http = client()?;
-    let token = fetch(&http, pc, inputs, Grant::Primary, None, egress)
+    let discovery = providers::Discovery::default();
+    let token = fetch(&http, pc, inputs, Grant::Primary, None, egress, &discovery)
         .await
         .map_err(|e| format!("upstream: {e}"))?;
     Ok(Upstream {
@@ -117,27 +127,48 @@ pub async fn run(
     let policy = Policy::from_spec(pc.spec.refresh.as_ref())?;
     let http = client()?;
     let egress = &options.egress;
-    let mut token = fetch(&http, pc, inputs, Grant::Primary, upstream.clone(), egress).await?;
+    // one discovery document for the login and the refresh, as the controller caches it
+    let discovery = providers::Discovery::default();
+    let mut token = fetch(
+        &http,
+        pc,
+        inputs,
+        Grant::Primary,
+        upstream.clone(),
+        egress,
+        &discovery,
+    )
+    .await?;
+    let mut refreshed = false;
+    let mut notes = Vec::new();
     if options.refresh {
-        let refresh_token = token
-            .refresh_token
-            .clone()
-            .ok_or("--refresh: the login answered no refresh token")?;
-        let refresh = Grant::Refresh(refresh_token);
-        token = fetch(&http, pc, inputs, refresh, upstream, egress)
-            .await
-            .map_err(|e| format!("refresh: {e}"))?;
+        match token.refresh_token.clone() {
+            Some(refresh_token) => {
+                let refresh = Grant::Refresh(refresh_token);
+                token = fetch(&http, pc, inputs, refresh, upstream, egress, &discovery)
+                    .await
+                    .map_err(|e| format!("refresh: {e}"))?;
+                refreshed = true;
+            }
+            // not a failure: client credentials (and many APIs) issue no refresh token, and the
+            // controller then simply runs the primary grant again
+            None => notes.push(
+                "--refresh: the login issued no refresh token, so there was nothing to refresh; the controller renews this credential with the primary grant"
+                    .to_string(),
+            ),
+        }
     }
     Ok(Summary {
         provider: providers::kind(&pc.spec),
-        token_type: token.token_type.clone(),
+        token_type: token.normalized_token_type(),
         expires_at: token.expires_at.map(|t| t.to_string()),
         renew_at: policy
             .renew_at(token.issued_at, token.expires_at)
             .to_string(),
         refresh_token: token.refresh_token.is_some(),
-        refreshed: options.refresh,
+        refreshed,
         scope: token.scope.clone(),
+        notes,
         fingerprint: token.value.fingerprint(),
         token: options.show_token.then(|| token.value.expose().to_string()),
     })

@@ -313,8 +313,13 @@ pub enum ClientAuthentication {
     /// `client_id` and `client_secret` in the form body.
     #[default]
     ClientSecretPost,
-    /// HTTP Basic with the form-encoded client id and secret.
+    /// HTTP Basic with the client id and secret form-encoded first, as RFC 6749 2.3.1 says
+    /// (Keycloak, oidc-provider and most servers decode them).
     ClientSecretBasic,
+    /// HTTP Basic with the client id and secret as they are, not form-encoded: for servers that
+    /// do not decode them (they refuse `client_secret_basic` when the secret holds characters
+    /// such as `+`, `&`, `%` or `/`).
+    ClientSecretBasicRaw,
     /// A public client: only `client_id` is sent.
     None,
 }
@@ -445,18 +450,31 @@ fn default_token_pointer() -> String {
 /// Where an expiry is and how it is written.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.format == 'jwtExp' || has(self.pointer)").message("pointer is required unless format is jwtExp"))]
+#[x_kube(validation = Rule::new("(has(self.format) && self.format == 'jwtExp') || has(self.pointer)").message("pointer is required unless format is jwtExp"))]
 pub struct ExpiryMapping {
     /// JSON pointer to the value (for `jwtExp`: to the JWT; default the token itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = JSON_POINTER_PATTERN))]
     pub pointer: Option<String>,
+    /// How the value is written. Default `auto`. When a token arrives with an expiry that cannot
+    /// be read, the token is kept with `spec.http.requestedLifetime` (or renewed at the fallback
+    /// interval) and a Warning event says so.
+    #[serde(default)]
     pub format: ExpiryFormat,
 }
 
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum ExpiryFormat {
+    /// Any of: an RFC 3339 time with or without offset (UTC when absent) or fraction
+    /// (`2025-09-09T10:00:00Z`, `2025-09-09T10:00:00.5+02:00`, `2025-09-09 10:00:00`), a date
+    /// (`2025-09-09`, its start in UTC), an RFC 2822 / HTTP date (`Tue, 09 Sep 2025 10:00:00
+    /// GMT`), a JWT (its `exp`), or a number (or numeric string) read by magnitude: below 10^8
+    /// seconds from now, below 10^11 Unix seconds, else Unix milliseconds.
+    #[default]
+    Auto,
     /// Seconds from now, as a number or a string (`expires_in`).
     Seconds,
     /// Absolute Unix time in seconds.

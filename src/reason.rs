@@ -37,6 +37,8 @@ pub enum Reason {
     // the provider
     ProviderUnreachable,
     Unauthorized,
+    /// The provider refused the requested scopes (`invalid_scope`).
+    InvalidScope,
     RateLimited,
     TokenRequestFailed,
     /// The answer was a success but not usable (no token, an expiry already past, ...).
@@ -47,6 +49,9 @@ pub enum Reason {
     LifetimeClamped,
     /// The refresh token is near its deadline: the primary grant runs.
     RefreshTokenExpiring,
+    /// A token was issued but its expiry could not be read: it is kept with the requested
+    /// lifetime or the fallback interval.
+    ExpiryUnreadable,
     // writing
     /// The apiserver refused to store the output or state Secret.
     SecretWriteFailed,
@@ -81,12 +86,14 @@ impl Reason {
             Reason::Forbidden => "Forbidden",
             Reason::ProviderUnreachable => "ProviderUnreachable",
             Reason::Unauthorized => "Unauthorized",
+            Reason::InvalidScope => "InvalidScope",
             Reason::RateLimited => "RateLimited",
             Reason::TokenRequestFailed => "TokenRequestFailed",
             Reason::InvalidTokenResponse => "InvalidTokenResponse",
             Reason::RefreshTokenRejected => "RefreshTokenRejected",
             Reason::LifetimeClamped => "LifetimeClamped",
             Reason::RefreshTokenExpiring => "RefreshTokenExpiring",
+            Reason::ExpiryUnreadable => "ExpiryUnreadable",
             Reason::SecretWriteFailed => "SecretWriteFailed",
             Reason::TokenRevoked => "TokenRevoked",
             Reason::RevocationFailed => "RevocationFailed",
@@ -127,7 +134,10 @@ impl Reason {
     pub fn action(self) -> &'static str {
         match self {
             Reason::TokenRevoked | Reason::RevocationFailed | Reason::RevocationPending => "Revoke",
-            Reason::TokenIssued | Reason::TokenRenewed | Reason::TokenRestored => "Refresh",
+            Reason::TokenIssued
+            | Reason::TokenRenewed
+            | Reason::TokenRestored
+            | Reason::ExpiryUnreadable => "Refresh",
             _ => "RefreshFailed",
         }
     }
@@ -151,10 +161,13 @@ mod tests {
             Reason::CABundleNotFound,
             Reason::InsecureURL,
             Reason::KubernetesAPI,
+            Reason::InvalidScope,
+            Reason::ExpiryUnreadable,
         ] {
             assert_eq!(r.as_str(), format!("{r:?}"));
         }
         assert!(Reason::ProviderUnreachable.transient());
         assert!(!Reason::InvalidSpec.transient());
+        assert!(!Reason::InvalidScope.transient());
     }
 }

@@ -350,6 +350,12 @@ pub fn check_token(token: &mut Token) -> Result<Vec<String>, String> {
     if token.value.expose().chars().any(char::is_control) {
         return Err("the token holds control characters; it is not written".into());
     }
+    if token.token_type.chars().any(char::is_control) {
+        return Err(
+            "the token type holds control characters (a header injection); it is not written"
+                .into(),
+        );
+    }
     let issued = token.issued_at;
     let cap = add(issued, MAX_DURATION);
     let mut warnings = Vec::new();
@@ -791,6 +797,25 @@ mod tests {
         // a used authorization code and no refresh token: a person must act
         assert_eq!(choose_grant(Reason::Due, false, false), NeedsNewInputs);
         assert_eq!(choose_grant(Reason::Missing, false, false), NeedsNewInputs);
+    }
+
+    /// Issue 8: a token or token type with CR/LF would inject header lines into templated keys.
+    #[test]
+    fn control_characters_are_refused() {
+        let token = |value: &str, token_type: &str| Token {
+            value: crate::token::SecretValue::new(value),
+            token_type: token_type.into(),
+            issued_at: t(0),
+            expires_at: Some(t(600)),
+            refresh_token: None,
+            refresh_expires_at: None,
+            scope: None,
+            kept: Default::default(),
+        };
+        assert!(check_token(&mut token("ok", "Bearer")).is_ok());
+        assert!(check_token(&mut token("a\r\nX-Evil: 1", "Bearer")).is_err());
+        let err = check_token(&mut token("ok", "Bearer\r\nX-Evil: 1")).unwrap_err();
+        assert!(err.contains("token type"), "{err}");
     }
 
     #[test]

@@ -212,6 +212,16 @@ impl Token {
     pub fn is_bearer(&self) -> bool {
         self.token_type.eq_ignore_ascii_case("bearer")
     }
+
+    /// The token type as the output Secret gets it: `Bearer` for any spelling of it (RFC 6750
+    /// names it so; many servers answer `bearer`), otherwise as the provider said.
+    pub fn normalized_token_type(&self) -> String {
+        if self.is_bearer() {
+            "Bearer".into()
+        } else {
+            self.token_type.clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +246,12 @@ mod tests {
             assert!(!printed.contains(planted), "{printed}");
         }
         assert!(token.is_bearer());
+        assert_eq!(token.normalized_token_type(), "Bearer");
+        let mac = Token {
+            token_type: "MAC".into(),
+            ..token
+        };
+        assert_eq!(mac.normalized_token_type(), "MAC");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! No cluster is involved: check runs the controller's fetch code alone.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use tokensync_fakes::{FakeProviders, Fault, Vendor};
 
@@ -139,12 +140,86 @@ async fn check_works_for_every_example() {
         assert_eq!(summary["refreshed"], true, "{file}");
         assert_eq!(fakes.state.count(route), before + 1, "{file}");
     }
+    // client credentials issue no refresh token: the login's summary, and a note, not a failure
+    let before = fakes.state.issued(Vendor::Pix4d).len();
     let run = check(&dir, "pix4d-client-credentials.yaml", &["--refresh"]).await;
+    let summary = run.json();
+    assert_eq!(summary["refreshed"], false);
+    assert_eq!(summary["refreshToken"], false);
+    assert!(summary["expiresAt"].is_string() && summary["fingerprint"].is_string());
     assert!(
-        !run.ok && run.stderr.contains("no refresh token"),
-        "{}",
-        run.stderr
+        summary["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("issued no refresh token"),
+        "{summary}"
     );
+    assert_eq!(fakes.state.issued(Vendor::Pix4d).len(), before + 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// What `check` prints is what the Secret gets: `Bearer` for Altitude Angel's `bearer`, and the
+/// granted scope, from `spec.oauth2` and from `spec.http` alike.
+#[tokio::test]
+async fn check_prints_the_token_type_and_scope_as_the_secret_gets_them() {
+    let fakes = FakeProviders::start(0).await.unwrap();
+    let dir = examples(&fakes, "type-scope");
+    let summary = check(&dir, "altitude-angel-client-credentials.yaml", &[])
+        .await
+        .json();
+    assert_eq!(summary["tokenType"], "Bearer", "{summary}");
+    let summary = check(&dir, "dronetag-oidc.yaml", &[]).await.json();
+    assert_eq!(summary["scope"], "openid profile email", "{summary}");
+
+    // the Dronetag login as a declarative spec.http: its answer's scope is printed too
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: login}}
+stringData:
+  client_id: {id}
+  client_secret: {secret}
+  username: {user}
+  password: {password}
+---
+apiVersion: tokensync.dev/v1alpha1
+kind: ProviderCredential
+metadata: {{name: http-login}}
+spec:
+  inputs: {{secretName: login}}
+  http:
+    login:
+      url: {base}/dronetag-auth/realms/dcp/protocol/openid-connect/token
+      form:
+        grant_type: password
+        client_id: "{{{{ inputs.client_id }}}}"
+        client_secret: "{{{{ inputs.client_secret }}}}"
+        username: "{{{{ inputs.username }}}}"
+        password: "{{{{ inputs.password }}}}"
+        scope: openid
+    response:
+      token: /access_token
+      expiry: {{pointer: /expires_in}}
+  output: {{secretName: http-login-token}}
+"#,
+        id = serde_json::to_string(tokensync_fakes::CLIENT_ID).unwrap(),
+        secret = serde_json::to_string(tokensync_fakes::CLIENT_SECRET).unwrap(),
+        user = serde_json::to_string(tokensync_fakes::USERNAME).unwrap(),
+        password = serde_json::to_string(tokensync_fakes::PASSWORD).unwrap(),
+        base = fakes.base_url(),
+    );
+    std::fs::write(dir.join("http-login.yaml"), manifest).unwrap();
+    let run = check(&dir, "http-login.yaml", &[]).await;
+    let summary = run.json();
+    assert_eq!(summary["provider"], "http");
+    assert_eq!(summary["scope"], "openid profile email", "{summary}");
+    assert_eq!(summary["tokenType"], "Bearer");
+    let lifetime = jiff::Timestamp::from_str(summary["expiresAt"].as_str().unwrap())
+        .unwrap()
+        .duration_since(jiff::Timestamp::now())
+        .as_secs();
+    assert!((1190..=1200).contains(&lifetime), "{summary}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

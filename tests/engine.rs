@@ -116,7 +116,10 @@ async fn a_refused_output_write_backs_off_and_keeps_the_issued_token() {
 
 /// The Altitude Angel client-credentials example against the fakes: its inputs Secret applied,
 /// and a function giving its ProviderCredential under another name and output Secret.
-async fn client_credentials(ns: &TestNs, fakes: &FakeProviders) -> impl Fn(&str, &str) -> String {
+async fn client_credentials(
+    ns: &TestNs,
+    fakes: &FakeProviders,
+) -> impl Fn(&str, &str) -> String + use<> {
     let text =
         std::fs::read_to_string(root().join("examples/altitude-angel-client-credentials.yaml"))
             .unwrap();

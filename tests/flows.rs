@@ -137,7 +137,8 @@ async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_c
     assert!(seen[0].value.starts_with("aa-at-"));
     log.assert_renewed_before_expiry();
 
-    // an undeclared scope answers 401: a clear condition, retried with backoff, not in a hot loop
+    // an undeclared scope answers 401 invalid_scope: a clear condition named by the OAuth error
+    // code (not the status), retried with backoff, not in a hot loop
     let api: Api<ProviderCredential> = ns.api();
     let patch =
         serde_json::json!({"spec": {"oauth2": {"scopes": ["query_mapdata", "manage_users"]}}});
@@ -149,7 +150,7 @@ async fn altitude_angel_client_credentials_rotate_and_an_undeclared_scope_is_a_c
     .await
     .unwrap();
     let pc = ns
-        .wait_failing("altitude-angel-client", "Unauthorized")
+        .wait_failing("altitude-angel-client", "InvalidScope")
         .await;
     assert!(
         degraded(&pc).unwrap().message.contains("invalid_scope"),

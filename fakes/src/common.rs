@@ -98,6 +98,10 @@ pub enum Fault {
     /// Answer this status with an empty body (as real servers answer a dead refresh token with
     /// a bare 400).
     EmptyStatus(u16),
+    /// Answer refresh-token grants (routes ending in `refresh_token`) with this status and an
+    /// empty body, no OAuth error code, as some servers refuse a dead refresh token; other
+    /// requests are answered normally.
+    BareOnRefresh(u16),
 }
 
 /// `Duration` as whole milliseconds in JSON.
@@ -132,6 +136,10 @@ pub async fn enter(state: &State, vendor: Vendor, route: String) -> Option<Respo
             "server_error",
             "injected fault",
         )),
+        Fault::BareOnRefresh(code) if route.ends_with("refresh_token") => {
+            Some(final_status(code).into_response())
+        }
+        Fault::BareOnRefresh(_) => None,
         Fault::Delay(d) => {
             crate::delay(d).await;
             None
@@ -262,6 +270,42 @@ pub fn jwt(claims: Value) -> String {
         enc(claims.to_string().as_bytes()),
         enc(b"fake-signature")
     )
+}
+
+/// The status of `GET url` with `Authorization: Bearer token`, for a plain-http loopback URL
+/// (`http://127.0.0.1:PORT/path`); `None` when it cannot be asked. Enough HTTP/1.1 for a fake
+/// to ask a real server whether it vouches for a token.
+pub async fn bearer_get_status(url: &str, token: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.split(':').next()?;
+    if !(host == "127.0.0.1" || host == "localhost") || token.contains(['\r', '\n']) {
+        return None;
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .ok()
+        .flatten()
 }
 
 pub fn now_secs() -> u64 {

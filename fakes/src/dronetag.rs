@@ -7,6 +7,10 @@
 //! (rotated on every use), `token_type: Bearer`, `not-before-policy`, `session_state`, `scope`.
 //! A dead refresh token answers 400 `invalid_grant` "Token is not active", as Keycloak does; one
 //! of a session past its maximum ([`crate::State::set_session_max`]) "Session not active".
+//! Scopes: Keycloak grants the client's default scopes (`profile email`) plus the requested
+//! ones it knows, `openid` among them (then it also answers an `id_token`); an unknown scope is
+//! 400 `invalid_scope`. The userinfo endpoint answers 403 without the `openid` scope, as
+//! Keycloak does ("Missing openid scope").
 //!
 //! Personal access tokens under the API host: JSON POST `/v2/pats/tokens` authorised by a live
 //! OIDC access token (`Authorization: Bearer`), body `{"password", "expires_at": "YYYY-MM-DD"}`,
@@ -41,6 +45,33 @@ pub fn auth_router() -> Router<Arc<State>> {
             &format!("{REALM}/protocol/openid-connect/token"),
             post(token),
         )
+        .route(
+            &format!("{REALM}/protocol/openid-connect/userinfo"),
+            get(userinfo),
+        )
+}
+
+/// Scopes Keycloak's `dcp` realm knows; `profile` and `email` are granted by default.
+const KNOWN_SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
+
+async fn userinfo(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> Response {
+    state.hit("dronetag userinfo".into());
+    let Some(issued) = bearer(&headers).and_then(|t| state.live(Vendor::Dronetag, &t)) else {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "Token verification failed",
+        );
+    };
+    if !issued.scopes.iter().any(|s| s == "openid") {
+        return oauth_error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "Missing openid scope",
+        );
+    }
+    axum::Json(json!({"sub": USERNAME, "preferred_username": USERNAME, "email": USERNAME}))
+        .into_response()
 }
 
 pub fn api_router() -> Router<Arc<State>> {
@@ -82,6 +113,19 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
             "Invalid client or Invalid client credentials",
         );
     }
+    let mut scopes = vec!["profile".to_string(), "email".to_string()];
+    for scope in p("scope").split_whitespace() {
+        if !KNOWN_SCOPES.contains(&scope) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                &format!("Invalid scopes: {}", p("scope")),
+            );
+        }
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.insert(0, scope.to_string());
+        }
+    }
     let (refresh_token, session) = match grant.as_str() {
         "password" => {
             if p("username") != USERNAME || p("password") != PASSWORD {
@@ -95,11 +139,14 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         }
         "refresh_token" => {
             match state.use_refresh_token(Vendor::Dronetag, &p("refresh_token"), true) {
-                // rotated: a new refresh token for the same session, same deadline
-                Ok(session) => (
-                    state.rotate_refresh_token(Vendor::Dronetag, session),
-                    session,
-                ),
+                // rotated: a new refresh token for the same session, same deadline and scopes
+                Ok(session) => {
+                    scopes = state.refresh_scopes(&p("refresh_token"));
+                    (
+                        state.rotate_refresh_token(Vendor::Dronetag, session),
+                        session,
+                    )
+                }
                 Err(refused) => {
                     state.hit("dronetag token refresh_token rejected".into());
                     let description = match refused {
@@ -118,15 +165,17 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
             );
         }
     };
+    state.set_refresh_scopes(&refresh_token, scopes.clone());
     let lifetime = state.session_lifetime(Vendor::Dronetag, Some(session));
     let now = now_secs();
     let exp = state.expires_at_value(Vendor::Dronetag, json!(now.saturating_add(lifetime)));
+    let scope = scopes.join(" ");
     let access_token = jwt(json!({
         "iss": "dronetag-auth/realms/dcp", "sub": USERNAME, "typ": "Bearer",
-        "exp": exp, "iat": now, "jti": state.mint("jti"),
+        "exp": exp, "iat": now, "jti": state.mint("jti"), "scope": scope,
     }));
-    state.issue(Vendor::Dronetag, &access_token, lifetime, vec![]);
-    axum::Json(json!({
+    state.issue(Vendor::Dronetag, &access_token, lifetime, scopes.clone());
+    let mut answer = json!({
         "access_token": access_token,
         "expires_in": state.expires_in_value(Vendor::Dronetag, lifetime),
         "refresh_expires_in": state.refresh_expires_in_value(
@@ -137,9 +186,15 @@ async fn token(AxState(state): AxState<Arc<State>>, headers: HeaderMap, body: By
         "token_type": "Bearer",
         "not-before-policy": 0,
         "session_state": "35d764ee-c27c-4763-bc05-5ffa2e2b822e",
-        "scope": "email",
-    }))
-    .into_response()
+        "scope": scope,
+    });
+    if scopes.iter().any(|s| s == "openid") {
+        answer["id_token"] = json!(jwt(json!({
+            "iss": "dronetag-auth/realms/dcp", "sub": USERNAME, "typ": "ID",
+            "exp": now + lifetime, "iat": now, "azp": CLIENT_ID,
+        })));
+    }
+    axum::Json(answer).into_response()
 }
 
 async fn mint_pat(
@@ -150,9 +205,13 @@ async fn mint_pat(
     if let Some(r) = enter(&state, Vendor::DronetagPat, "pats".into()).await {
         return r;
     }
-    let authorised = bearer(&headers)
-        .and_then(|t| state.live(Vendor::Dronetag, &t))
-        .is_some();
+    let authorised = match (bearer(&headers), state.pat_userinfo()) {
+        (Some(t), Some(userinfo)) => {
+            crate::common::bearer_get_status(&userinfo, &t).await == Some(200)
+        }
+        (Some(t), None) => state.live(Vendor::Dronetag, &t).is_some(),
+        (None, _) => false,
+    };
     if !authorised {
         return message(
             StatusCode::UNAUTHORIZED,
@@ -183,15 +242,18 @@ async fn mint_pat(
     let lifetime = (day * 86400 - now_secs()).min(state.lifetime(Vendor::DronetagPat));
     let token = format!("{}.{}", state.mint("pat"), now_secs());
     let issued = state.issue(Vendor::DronetagPat, &token, lifetime, vec![]);
+    let expires_at = match state.pat_expiry() {
+        crate::PatExpiry::Rfc3339 => json!(rfc3339(issued.expires_at)),
+        crate::PatExpiry::Date => body["expires_at"].clone(),
+        crate::PatExpiry::EpochMillis => json!(issued.expires_at * 1000),
+        crate::PatExpiry::Unreadable => json!("in 30 days"),
+    };
     (
         StatusCode::CREATED,
         axum::Json(json!({
             "id": issued.id,
             "token": token,
-            "expires_at": state.expires_at_value(
-                Vendor::DronetagPat,
-                rfc3339(issued.expires_at).into(),
-            ),
+            "expires_at": state.expires_at_value(Vendor::DronetagPat, expires_at),
         })),
     )
         .into_response()

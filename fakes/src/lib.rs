@@ -84,6 +84,14 @@ struct Inner {
     expires_at_overrides: BTreeMap<Vendor, Value>,
     /// The longest a login session lives (Keycloak's `ssoSessionMaxLifespan`), by vendor.
     session_max: BTreeMap<Vendor, u64>,
+    /// The scopes granted to the session of each live refresh token (a refresh keeps them).
+    refresh_scopes: BTreeMap<String, Vec<String>>,
+    /// How the PAT mint answers `expires_at`.
+    pat_expiry: PatExpiry,
+    /// A userinfo endpoint (`http://127.0.0.1:PORT/...`) that vouches for the bearer token of a
+    /// PAT mint instead of this fake's own Dronetag realm (a real Keycloak in the conformance
+    /// tests).
+    pat_userinfo: Option<String>,
 }
 
 /// A login session (password grant, authorization code, resource-owner login) that refresh
@@ -101,6 +109,20 @@ pub(crate) enum Refused {
     NotActive,
     /// Its session reached the session maximum ([`State::set_session_max`]).
     SessionEnded,
+}
+
+/// How the fake PAT mint writes `expires_at` in its answer (the vendor does not document it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PatExpiry {
+    /// `2025-09-09T10:00:00Z`
+    #[default]
+    Rfc3339,
+    /// `2025-09-09`, the date the request asked for
+    Date,
+    /// Unix milliseconds, as a number
+    EpochMillis,
+    /// Something no parser reads (`"in 30 days"`)
+    Unreadable,
 }
 
 /// An access token a fake issued.
@@ -407,6 +429,39 @@ impl State {
             }
             None => false,
         }
+    }
+
+    /// Remember the scopes granted with refresh token `rt`.
+    fn set_refresh_scopes(&self, rt: &str, scopes: Vec<String>) {
+        self.lock().refresh_scopes.insert(rt.to_string(), scopes);
+    }
+
+    /// The scopes granted with refresh token `rt`.
+    fn refresh_scopes(&self, rt: &str) -> Vec<String> {
+        self.lock()
+            .refresh_scopes
+            .get(rt)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Answer PAT mints with `expires_at` written this way.
+    pub fn set_pat_expiry(&self, form: PatExpiry) {
+        self.lock().pat_expiry = form;
+    }
+
+    fn pat_expiry(&self) -> PatExpiry {
+        self.lock().pat_expiry
+    }
+
+    /// Accept a PAT mint's bearer token when `userinfo` (a plain-http loopback URL of an OIDC
+    /// userinfo endpoint) answers 200 for it, instead of looking it up in the fake realm.
+    pub fn set_pat_userinfo(&self, userinfo: Option<String>) {
+        self.lock().pat_userinfo = userinfo;
+    }
+
+    fn pat_userinfo(&self) -> Option<String> {
+        self.lock().pat_userinfo.clone()
     }
 
     /// Forget every refresh token `vendor` issued (a password change, an admin revoking sessions).

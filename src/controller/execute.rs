@@ -23,10 +23,9 @@ use super::reconcile::Reconcile;
 use super::state::State;
 use super::{Error, output, status};
 use crate::crd::{ProviderCredential, ProviderCredentialStatus};
-use crate::providers::{self, Grant, ProviderError, Request};
+use crate::providers::{self, Fetched, Grant, ProviderError, Request};
 use crate::reason::Reason;
 use crate::renewal;
-use crate::token::Token;
 
 use super::gather::Snapshot;
 
@@ -71,9 +70,18 @@ impl Reconcile<'_> {
     ) -> Result<Action, Error> {
         loop {
             let error = match self.fetch(snap, &attempt).await {
-                Ok(token) => {
-                    return match plan::on_token(snap, &attempt, token) {
-                        Ok(writes) => {
+                Ok(fetched) => {
+                    return match plan::on_token(snap, &attempt, fetched.token) {
+                        Ok(mut writes) => {
+                            // what the provider answered that could not be read, the token kept
+                            for warning in &fetched.warnings {
+                                let note = plan::redact(snap, &attempt.state, warning);
+                                writes.events.push((
+                                    EventType::Warning,
+                                    Reason::ExpiryUnreadable,
+                                    note,
+                                ));
+                            }
                             info!(
                                 fingerprint = %writes.fingerprint,
                                 why = ?attempt.why,
@@ -105,7 +113,7 @@ impl Reconcile<'_> {
     /// One token request, holding a concurrency slot while it is quick: renewals of a token in
     /// place that last succeeded have the slots to themselves; new and failing credentials
     /// share a budget of their own, and a slow request gives its slot up.
-    async fn fetch(&self, snap: &Snapshot, attempt: &Attempt) -> Result<Token, ProviderError> {
+    async fn fetch(&self, snap: &Snapshot, attempt: &Attempt) -> Result<Fetched, ProviderError> {
         let Ok(http) = &snap.http else {
             // the planner only plans a request when the client is there
             return Err(ProviderError::InvalidSpec(
@@ -136,7 +144,7 @@ impl Reconcile<'_> {
                 .then(|| self.ctx.config.request_timeout.min(SHORT_TIMEOUT)),
         };
         let started = std::time::Instant::now();
-        let request_done = providers::fetch(http, &request);
+        let request_done = providers::fetch_with(http, &request, &self.ctx.discovery);
         tokio::pin!(request_done);
         let result = tokio::select! {
             r = &mut request_done => r,

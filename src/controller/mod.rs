@@ -76,6 +76,8 @@ pub struct Context {
     pub health: Arc<Health>,
     pub config: Config,
     pub slots: Slots,
+    /// OIDC discovery documents, cached per issuer.
+    pub discovery: providers::Discovery,
 }
 
 /// Token requests running at once: new credentials and those whose last attempt failed have a
@@ -115,6 +117,7 @@ impl Context {
             metrics: Arc::default(),
             health: Arc::new(Health::new(config.leader_election)),
             slots: Slots::new(config.concurrency),
+            discovery: providers::Discovery::default(),
             config,
         })
     }

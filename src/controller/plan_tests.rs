@@ -755,7 +755,7 @@ fn failed_refreshes_by_error_code() {
     let reject = |status, detail: Option<&str>| ProviderError::Rejected {
         url: "https://auth.example/token".into(),
         status,
-        detail: detail.map(String::from),
+        detail: detail.map(Into::into),
         retry_after: None,
     };
     let attempt = || Attempt {

@@ -2,7 +2,8 @@
 //! response mapping, so a vendor's own token API is a manifest rather than code.
 //!
 //! Templates (minijinja) see `inputs.KEY`, `refresh_token`, `token`, `kept.NAME`, `current.token`,
-//! `upstream.token`, `upstream.token_type`, `requested.*` and `now`. Values are escaped by the
+//! `upstream.token`, `upstream.token_type`, `requested.*` and `now`, and have minijinja's builtin
+//! filters plus `b64encode` (standard, padded base64 of the text). Values are escaped by the
 //! encoder of the place they go: JSON strings by the JSON encoder, form values by the form
 //! encoder, URL parts by percent-encoding; a template never builds a body by pasting text.
 
@@ -11,7 +12,9 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
-use super::{Grant, ProviderError, Request, check_url, jwt_exp, seconds_value};
+use super::{
+    ErrorDetail, Fetched, Grant, ProviderError, Request, check_url, jwt_exp, seconds_value,
+};
 use crate::crd::{
     ExpiryFormat, ExpiryMapping, HttpMethod, HttpRequestSpec, HttpSpec, ResponseMapping,
 };
@@ -92,9 +95,17 @@ fn encode_url_part(s: &str) -> String {
     out
 }
 
+/// The `b64encode` filter: standard base64 (RFC 4648 4, padded) of the UTF-8 text, e.g. for an
+/// `Authorization: Basic {{ (inputs.client_id ~ ":" ~ inputs.client_secret) | b64encode }}` header.
+fn b64encode(value: String) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(value)
+}
+
 fn env(url: bool) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.add_filter("b64encode", b64encode);
     if url {
         env.set_formatter(|out, _state, value| {
             let text = value
@@ -255,7 +266,7 @@ pub async fn send(
         return Err(ProviderError::Rejected {
             url: url_text,
             status: status.as_u16(),
-            detail: error_detail(&bytes),
+            detail: ErrorDetail::from_body(&bytes),
             retry_after,
         });
     }
@@ -266,23 +277,6 @@ pub async fn send(
         url: url_text,
         reason: "the response is not JSON".into(),
     })
-}
-
-/// A short, structured reason from an error body: OAuth `error`/`error_description`, or a
-/// `message`/`error` string; never the raw body, which may echo what was sent.
-fn error_detail(bytes: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(bytes).ok()?;
-    let pick = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    let text = match (
-        pick("error"),
-        pick("error_description").or_else(|| pick("message")),
-    ) {
-        (Some(e), Some(d)) => format!("{e}: {d}"),
-        (Some(e), None) => e,
-        (None, Some(d)) => d,
-        (None, None) => return None,
-    };
-    Some(text.chars().take(300).collect())
 }
 
 fn lookup<'v>(body: &'v Value, pointer: &str, url: &str) -> Result<&'v Value, ProviderError> {
@@ -300,6 +294,71 @@ fn text(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// Numbers below this are seconds from now under [`ExpiryFormat::Auto`] (about 3 years; as a
+/// Unix time it would be 1973).
+const AUTO_RELATIVE_BELOW: i64 = 100_000_000;
+/// Numbers from this on are Unix milliseconds under [`ExpiryFormat::Auto`] (as seconds it
+/// would be the year 5138; as milliseconds it is 1973).
+const AUTO_MILLIS_FROM: i64 = 100_000_000_000;
+
+/// A number under [`ExpiryFormat::Auto`], by magnitude.
+fn auto_number(n: i64, now: Timestamp) -> Option<Timestamp> {
+    match n {
+        ..0 => None,
+        0..AUTO_RELATIVE_BELOW => Some(crate::renewal::add_secs(now, n)),
+        AUTO_RELATIVE_BELOW..AUTO_MILLIS_FROM => Timestamp::from_second(n).ok(),
+        _ => Timestamp::from_millisecond(n).ok(),
+    }
+}
+
+/// A JSON number as whole seconds (a fraction is dropped); `None` for a non-finite or huge one.
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite() && f.abs() < 9.0e18)
+            .map(|f| f as i64)
+    })
+}
+
+/// A time in any of the forms [`ExpiryFormat::Auto`] takes.
+fn auto(value: &Value, now: Timestamp) -> Option<Timestamp> {
+    let text = match value {
+        Value::Number(n) => return auto_number(whole(n)?, now),
+        Value::String(s) => s.trim(),
+        _ => return None,
+    };
+    if text.is_empty() || text.len() > 100 {
+        return None;
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return auto_number(text.parse().ok()?, now);
+    }
+    if let Ok(f) = text.parse::<f64>() {
+        // `1.7e9`, `1699999999.5`; also `inf` and `NaN`, which are no time
+        return (f.is_finite() && f.abs() < 9.0e18)
+            .then_some(f as i64)
+            .and_then(|n| auto_number(n, now));
+    }
+    let utc = jiff::tz::TimeZone::UTC;
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Some(t);
+    }
+    if let Ok(dt) = text.parse::<jiff::civil::DateTime>() {
+        // no offset: UTC, the only reading that does not depend on where the operator runs
+        return dt.to_zoned(utc).ok().map(|z| z.timestamp());
+    }
+    if let Ok(d) = text.parse::<jiff::civil::Date>() {
+        return d.to_zoned(utc).ok().map(|z| z.timestamp());
+    }
+    if let Ok(z) = jiff::fmt::rfc2822::parse(text) {
+        return Some(z.timestamp());
+    }
+    if text.split('.').count() == 3 {
+        return jwt_exp(text);
+    }
+    None
 }
 
 /// Read an expiry as `mapping` says.
@@ -322,6 +381,8 @@ pub fn expiry(
         None => Value::String(token.to_string()),
     };
     let ts = match mapping.format {
+        ExpiryFormat::Auto => auto(&value, now)
+            .ok_or_else(|| bad("a time in a known form (RFC 3339, a date, an HTTP date, epoch seconds or milliseconds, seconds from now)"))?,
         ExpiryFormat::Seconds => seconds_value(&value)
             .map(|s| crate::renewal::add_secs(now, s))
             .ok_or_else(|| bad("a number of seconds"))?,
@@ -350,14 +411,16 @@ pub fn expiry(
 }
 
 /// Map a response body to a token. Expiry, in order of trust: the mapped expiry, the token's
-/// JWT `exp`, the requested lifetime.
+/// JWT `exp`, the requested lifetime. A token whose mapped expiry cannot be read is kept, with
+/// the requested lifetime (or none: the fallback interval) and a warning: the provider issued
+/// it, and throwing it away would only make the next attempt issue another.
 pub fn map_response(
     body: &Value,
     mapping: &ResponseMapping,
     requested: Option<SignedDuration>,
     now: Timestamp,
     url: &str,
-) -> Result<Token, ProviderError> {
+) -> Result<Fetched, ProviderError> {
     let value = lookup(body, &mapping.token, url)?;
     let token =
         text(value)
@@ -366,9 +429,24 @@ pub fn map_response(
                 url: url.into(),
                 reason: format!("{} is not a non-empty string", mapping.token),
             })?;
+    let mut warnings = Vec::new();
+    let unmapped = || jwt_exp(&token).or_else(|| requested.map(|d| crate::renewal::add(now, d)));
     let expires_at = match &mapping.expiry {
-        Some(m) => Some(expiry(body, &token, m, now, url)?),
-        None => jwt_exp(&token).or_else(|| requested.map(|d| crate::renewal::add(now, d))),
+        Some(m) => match expiry(body, &token, m, now, url) {
+            Ok(at) => Some(at),
+            Err(e) => {
+                let at = unmapped();
+                warnings.push(format!(
+                    "the token's expiry could not be read ({e}); {}",
+                    match at {
+                        Some(at) => format!("taking it to expire at {at}"),
+                        None => "renewing it at the fallback interval".into(),
+                    }
+                ));
+                at
+            }
+        },
+        None => unmapped(),
     };
     let refresh_token = match &mapping.refresh_token {
         // a refresh response may leave the refresh token out: the old one stays good
@@ -376,7 +454,15 @@ pub fn map_response(
         None => None,
     };
     let refresh_expires_at = match (&mapping.refresh_expiry, &refresh_token) {
-        (Some(m), Some(rt)) => Some(expiry(body, rt, m, now, url)?),
+        (Some(m), Some(rt)) => match expiry(body, rt, m, now, url) {
+            Ok(at) => Some(at),
+            Err(e) => {
+                warnings.push(format!(
+                    "the refresh token's deadline could not be read ({e}); it is used until refused"
+                ));
+                None
+            }
+        },
         _ => None,
     };
     let token_type = match &mapping.token_type {
@@ -394,16 +480,22 @@ pub fn map_response(
             Ok((name.clone(), text(v).unwrap_or_else(|| v.to_string())))
         })
         .collect::<Result<_, ProviderError>>()?;
-    Ok(Token {
+    // OAuth-style answers carry the granted scopes; shown by `tokensync check`
+    let scope = body
+        .get("scope")
+        .and_then(super::scope_value)
+        .filter(|s| !s.is_empty());
+    let token = Token {
         value: SecretValue::new(token),
         token_type,
         issued_at: now,
         expires_at,
         refresh_token: refresh_token.map(SecretValue::new),
         refresh_expires_at,
-        scope: None,
+        scope,
         kept,
-    })
+    };
+    Ok(Fetched { token, warnings })
 }
 
 /// Log in (primary) or refresh.
@@ -411,7 +503,7 @@ pub async fn fetch(
     http: &reqwest::Client,
     spec: &HttpSpec,
     req: &Request<'_>,
-) -> Result<Token, ProviderError> {
+) -> Result<Fetched, ProviderError> {
     let (field, request, mapping, vars) = match &req.grant {
         Grant::Primary => (
             "spec.http.login",
@@ -602,13 +694,148 @@ requestedLifetime: 8d
     }
 
     #[test]
+    fn auto_reads_every_common_form() {
+        let cases = [
+            // RFC 3339 with offset, fraction, or neither (UTC)
+            (json!("2023-11-14T22:15:00Z"), "2023-11-14T22:15:00Z"),
+            (json!("2023-11-14T23:15:00+01:00"), "2023-11-14T22:15:00Z"),
+            (
+                json!("2023-11-14T22:15:00.123456Z"),
+                "2023-11-14T22:15:00.123456Z",
+            ),
+            (json!("2023-11-14T22:15:00"), "2023-11-14T22:15:00Z"),
+            (json!("2023-11-14 22:15:00"), "2023-11-14T22:15:00Z"),
+            (json!(" 2023-11-14T22:15:00.5 "), "2023-11-14T22:15:00.5Z"),
+            // a date: its start in UTC
+            (json!("2023-11-15"), "2023-11-15T00:00:00Z"),
+            // RFC 2822 and HTTP dates
+            (
+                json!("Tue, 14 Nov 2023 22:15:00 GMT"),
+                "2023-11-14T22:15:00Z",
+            ),
+            (
+                json!("Tue, 14 Nov 2023 23:15:00 +0100"),
+                "2023-11-14T22:15:00Z",
+            ),
+            // numbers by magnitude: seconds from now, epoch seconds, epoch milliseconds
+            (json!(1200), "2023-11-14T22:33:20Z"),
+            (json!("1200"), "2023-11-14T22:33:20Z"),
+            (json!(1_700_000_100), "2023-11-14T22:15:00Z"),
+            (json!("1700000100"), "2023-11-14T22:15:00Z"),
+            (json!(1_700_000_100.75), "2023-11-14T22:15:00Z"),
+            (json!("1.7000001e9"), "2023-11-14T22:15:00Z"),
+            (json!(1_700_000_100_000i64), "2023-11-14T22:15:00Z"),
+            (json!("1700000100000"), "2023-11-14T22:15:00Z"),
+            (json!(0), "2023-11-14T22:13:20Z"),
+            // a JWT: its exp
+            (
+                json!(crate::providers::tests::jwt_with_exp(1_700_000_100)),
+                "2023-11-14T22:15:00Z",
+            ),
+        ];
+        let m = ExpiryMapping {
+            pointer: Some("/v".into()),
+            format: ExpiryFormat::Auto,
+        };
+        for (v, want) in cases {
+            let body = json!({ "v": v });
+            let got = expiry(&body, "tok", &m, t(0), "u");
+            assert_eq!(got.ok(), Some(want.parse::<Timestamp>().unwrap()), "{v}");
+        }
+        // hostile or meaningless values are errors, never panics
+        for v in [
+            json!(-5),
+            json!("-5"),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(1e300),
+            json!("1e300"),
+            json!("NaN"),
+            json!("inf"),
+            json!(""),
+            json!("soon"),
+            json!("9999999-01-01"),
+            json!("2023-13-45"),
+            json!("a.b.c"),
+            json!(true),
+            json!(null),
+            json!({"at": 1}),
+            json!("x".repeat(10_000)),
+        ] {
+            let body = json!({ "v": v });
+            let err = expiry(&body, "tok", &m, t(0), "u").unwrap_err();
+            assert!(err.to_string().contains("/v is not a time"), "{v}: {err}");
+        }
+        // the default format is auto
+        let parsed: ExpiryMapping = serde_saphyr::from_str("{pointer: /v}").unwrap();
+        assert_eq!(parsed.format, ExpiryFormat::Auto);
+    }
+
+    #[test]
+    fn an_unreadable_expiry_keeps_the_token_with_a_warning() {
+        // the vendor answered a date where the mapping says RFC 3339 (issue 10, item 4)
+        let body = json!({"token": "pat-1", "expires_at": "2023-12-14"});
+        let strict: ResponseMapping = serde_saphyr::from_str(
+            "{token: /token, expiry: {pointer: /expires_at, format: rfc3339}}",
+        )
+        .unwrap();
+        let requested = Some(SignedDuration::from_hours(24 * 30));
+        let fetched = map_response(&body, &strict, requested, t(0), "u").unwrap();
+        assert_eq!(fetched.token.value.expose(), "pat-1");
+        assert_eq!(
+            fetched.token.expires_at,
+            Some(t(0) + SignedDuration::from_hours(24 * 30))
+        );
+        assert_eq!(fetched.warnings.len(), 1, "{:?}", fetched.warnings);
+        assert!(
+            fetched.warnings[0].contains("/expires_at is not an RFC 3339 time"),
+            "{:?}",
+            fetched.warnings
+        );
+        assert!(!fetched.warnings[0].contains("pat-1"));
+        // without a requested lifetime: no expiry, so the fallback interval renews it
+        let fetched = map_response(&body, &strict, None, t(0), "u").unwrap();
+        assert_eq!(fetched.token.expires_at, None);
+        assert!(fetched.warnings[0].contains("fallback interval"));
+        // a missing field is unreadable too
+        let gone = json!({"token": "pat-1"});
+        let fetched = map_response(&gone, &strict, requested, t(0), "u").unwrap();
+        assert_eq!(fetched.warnings.len(), 1);
+        // auto reads the date itself, without a warning
+        let auto: ResponseMapping =
+            serde_saphyr::from_str("{token: /token, expiry: {pointer: /expires_at}}").unwrap();
+        let fetched = map_response(&body, &auto, requested, t(0), "u").unwrap();
+        assert_eq!(
+            fetched.token.expires_at,
+            Some("2023-12-14T00:00:00Z".parse().unwrap())
+        );
+        assert!(fetched.warnings.is_empty());
+        // but no token is still an error
+        let err = map_response(&json!({"expires_at": 5}), &auto, requested, t(0), "u").unwrap_err();
+        assert!(err.to_string().contains("no field at /token"), "{err}");
+    }
+
+    #[test]
+    fn the_scope_of_an_oauth_style_answer_is_kept() {
+        let plain: ResponseMapping = serde_saphyr::from_str("{token: /access_token}").unwrap();
+        let body = json!({"access_token": "a", "scope": "openid email"});
+        let fetched = map_response(&body, &plain, None, t(0), "u").unwrap();
+        assert_eq!(fetched.token.scope.as_deref(), Some("openid email"));
+        let body = json!({"access_token": "a"});
+        let fetched = map_response(&body, &plain, None, t(0), "u").unwrap();
+        assert_eq!(fetched.token.scope, None);
+    }
+
+    #[test]
     fn mapping_finds_token_refresh_and_kept_fields() {
         let body = json!({"_id": "66a6", "expiresAt": 1_700_000_600_000i64, "token": "tok", "user": {"name": "x"}});
         let mapping: ResponseMapping = serde_saphyr::from_str(
             "{token: /token, expiry: {pointer: /expiresAt, format: epochMillis}, keep: {id: /_id}}",
         )
         .unwrap();
-        let token = map_response(&body, &mapping, None, t(0), "u").unwrap();
+        let token = map_response(&body, &mapping, None, t(0), "u")
+            .unwrap()
+            .token;
         assert_eq!(token.value.expose(), "tok");
         assert_eq!(token.expires_at, Some(t(600)));
         assert_eq!(token.kept["id"], "66a6");
@@ -628,20 +855,24 @@ requestedLifetime: 8d
             t(0),
             "u",
         )
-        .unwrap();
+        .unwrap()
+        .token;
         assert_eq!(token.expires_at, Some(t(60)));
     }
 
     #[test]
-    fn error_detail_is_structured_never_raw() {
-        assert_eq!(
-            error_detail(br#"{"error":"invalid_grant","error_description":"bad"}"#).as_deref(),
-            Some("invalid_grant: bad")
+    fn b64encode_builds_basic_headers() {
+        let http = spec(
+            r#"login: {url: 'https://x.example/', headers: {Authorization: "Basic {{ (inputs.id ~ ':' ~ inputs.secret) | b64encode }}"}}"#,
         );
-        assert_eq!(
-            error_detail(br#"{"message":"Unauthorized"}"#).as_deref(),
-            Some("Unauthorized")
-        );
-        assert_eq!(error_detail(b"<html>password=hunter2</html>"), None);
+        let pc = full(http.clone());
+        let inputs: Inputs = [("id", "my client"), ("secret", "p&ss=w/rd+é")]
+            .into_iter()
+            .collect();
+        let ctx = context(&req(&pc, &inputs), &http, &Vars::default()).unwrap();
+        let r = render_request("spec.http.login", &http.login, &ctx, &EGRESS).unwrap();
+        use base64::Engine;
+        let want = base64::engine::general_purpose::STANDARD.encode("my client:p&ss=w/rd+é");
+        assert_eq!(r.headers[0].1.expose(), format!("Basic {want}"));
     }
 }

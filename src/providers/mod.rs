@@ -4,6 +4,8 @@
 pub mod declarative;
 pub mod oauth2;
 
+pub use oauth2::Discovery;
+
 use base64::Engine;
 use jiff::Timestamp;
 
@@ -71,8 +73,9 @@ pub enum ProviderError {
     Rejected {
         url: String,
         status: u16,
-        /// The provider's error code and description, when it gave them (e.g. `invalid_client`).
-        detail: Option<String>,
+        /// The provider's OAuth error code and description (RFC 6749 5.2), when it gave them, and
+        /// a hint of ours. `Some("invalid_grant: Token is not active".into())` parses the code.
+        detail: Option<ErrorDetail>,
         /// The provider's `Retry-After`, when it sent one.
         retry_after: Option<jiff::SignedDuration>,
     },
@@ -80,9 +83,137 @@ pub enum ProviderError {
     BadResponse { url: String, reason: String },
 }
 
+/// What a provider said about a refused request: the OAuth 2.0 `error` code and
+/// `error_description` (RFC 6749 5.2), or a vendor's own message, and a hint of ours. Shown as
+/// `code: description (hint)`; never the raw body, which may echo what was sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// The `error` code (`invalid_grant`, `invalid_client`, ...), when the body had one.
+    pub error: Option<String>,
+    /// `error_description`, or a vendor's `message`, cut to 300 characters.
+    pub description: Option<String>,
+    /// What tokensync suggests (e.g. another client authentication method).
+    pub hint: Option<String>,
+}
+
+/// The longest provider text kept in a message.
+const MAX_DETAIL_CHARS: usize = 300;
+
+impl ErrorDetail {
+    /// From an error body: the OAuth `error`/`error_description`, or a `message` (or a non-code
+    /// `error`) string. `None` when the body has none of them (empty, HTML, ...).
+    pub fn from_body(bytes: &[u8]) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let pick = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.chars().take(MAX_DETAIL_CHARS).collect::<String>())
+        };
+        let description = pick("error_description").or_else(|| pick("message"));
+        let (error, description) = match pick("error") {
+            Some(e) if is_error_code(&e) => (Some(e), description),
+            // `{"error": "Unauthorized"}`: a message, not a code
+            Some(e) => (None, description.or(Some(e))),
+            None => (None, description),
+        };
+        (error.is_some() || description.is_some()).then_some(Self {
+            error,
+            description,
+            hint: None,
+        })
+    }
+
+    /// Only a hint of ours.
+    pub fn hint(hint: impl Into<String>) -> Self {
+        Self {
+            hint: Some(hint.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// An OAuth 2.0 error code as RFC 6749 5.2 spells them: lowercase ASCII words joined by `_`
+/// (`invalid_grant`, `slow_down`). Free text (`Unauthorized`, `Token expired`) is not one.
+fn is_error_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.contains('_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl std::fmt::Display for ErrorDetail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match (&self.error, &self.description) {
+            (Some(e), Some(d)) => format!("{e}: {d}"),
+            (Some(e), None) => e.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => String::new(),
+        };
+        match (&self.hint, text.is_empty()) {
+            (Some(h), true) => f.write_str(h),
+            (Some(h), false) => write!(f, "{text} ({h})"),
+            (None, _) => f.write_str(&text),
+        }
+    }
+}
+
+/// `"invalid_grant: Token is not active"` is the code and its description; text that does not
+/// start with a code is a description.
+impl From<&str> for ErrorDetail {
+    fn from(text: &str) -> Self {
+        let (code, rest) = match text.split_once(':') {
+            Some((c, rest)) => (c.trim(), Some(rest.trim())),
+            None => (text.trim(), None),
+        };
+        if is_error_code(code) {
+            Self {
+                error: Some(code.to_string()),
+                description: rest.filter(|r| !r.is_empty()).map(str::to_string),
+                hint: None,
+            }
+        } else {
+            Self {
+                description: Some(text.to_string()),
+                ..Self::default()
+            }
+        }
+    }
+}
+
+impl From<String> for ErrorDetail {
+    fn from(text: String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
+/// What a failed refresh means for the refresh token (RFC 6749 5.2, by the `error` code rather
+/// than the HTTP status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshVerdict {
+    /// The refresh token is dead (`invalid_grant`, or a 4xx the provider did not explain, such as
+    /// a bare 400 or 401): drop it and run the primary grant, when the inputs allow it.
+    GrantDead,
+    /// The request is wrong, not the refresh token (`invalid_client`, `unauthorized_client`,
+    /// `invalid_scope`, or a spec or inputs problem found before sending): keep the refresh token;
+    /// a person fixes the configuration and the next refresh works.
+    Configuration,
+    /// Waiting may cure it (5xx, 429, 408, a network failure, an unusable 2xx answer): keep the
+    /// refresh token and retry with backoff.
+    Transient,
+}
+
 impl ProviderError {
-    /// The condition reason this error is reported with.
+    /// The condition reason this error is reported with: by the OAuth error code first (Keycloak
+    /// answers `unauthorized_client` with 401 or 400 for the same wrong secret), then by status.
     pub fn reason(&self) -> Reason {
+        match self.oauth_error() {
+            Some("invalid_client" | "unauthorized_client") => return Reason::Unauthorized,
+            Some("invalid_scope") => return Reason::InvalidScope,
+            _ => {}
+        }
         match self {
             ProviderError::MissingInput { .. } => Reason::InputKeyMissing,
             ProviderError::BadInput { .. } => Reason::InvalidInputs,
@@ -90,14 +221,6 @@ impl ProviderError {
             ProviderError::HostNotAllowed { .. } => Reason::HostNotAllowed,
             ProviderError::InvalidSpec(_) => Reason::InvalidSpec,
             ProviderError::Transport { .. } => Reason::ProviderUnreachable,
-            ProviderError::Rejected { .. }
-                if matches!(
-                    self.oauth_error(),
-                    Some("invalid_client" | "unauthorized_client" | "invalid_scope")
-                ) =>
-            {
-                Reason::Unauthorized
-            }
             ProviderError::Rejected { status: 401, .. }
             | ProviderError::Rejected { status: 403, .. } => Reason::Unauthorized,
             ProviderError::Rejected { status: 429, .. } => Reason::RateLimited,
@@ -120,67 +243,105 @@ impl ProviderError {
         matches!(self, ProviderError::Transport { .. })
     }
 
-    /// The OAuth 2.0 `error` code of the answer (RFC 6749 5.2), when it gave one.
+    /// The OAuth 2.0 `error` code the provider answered (RFC 6749 5.2), e.g. `invalid_grant`.
     pub fn oauth_error(&self) -> Option<&str> {
-        let ProviderError::Rejected {
-            detail: Some(d), ..
-        } = self
-        else {
-            return None;
-        };
-        let code = d.split(':').next().unwrap_or_default().trim();
-        (!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-            .then_some(code)
-    }
-
-    /// What a failed refresh means, by the OAuth `error` code rather than the HTTP status:
-    /// `invalid_grant` (and any other 4xx, a bare 400 included) means the refresh token is
-    /// dead; `invalid_client`, `unauthorized_client` and `invalid_scope` are configuration
-    /// problems that leave the refresh token good; the rest may pass.
-    pub fn refresh_verdict(&self) -> RefreshVerdict {
-        match (self, self.oauth_error()) {
-            (_, Some("invalid_client" | "unauthorized_client" | "invalid_scope")) => {
-                RefreshVerdict::Configuration
-            }
-            (_, Some("invalid_grant")) => RefreshVerdict::GrantDead,
-            (ProviderError::Rejected { status, .. }, _)
-                if (400..500).contains(status) && !matches!(status, 408 | 429) =>
-            {
-                RefreshVerdict::GrantDead
-            }
-            (ProviderError::Rejected { .. } | ProviderError::Transport { .. }, _) => {
-                RefreshVerdict::Transient
-            }
-            _ => RefreshVerdict::Configuration,
+        match self {
+            ProviderError::Rejected {
+                detail: Some(detail),
+                ..
+            } => detail.error.as_deref(),
+            _ => None,
         }
     }
 
-    /// Whether the refresh token is dead, so a fresh primary grant is the cure.
+    /// The provider's `error_description` (or message), when it gave one. Provider text: pass
+    /// it through [`Inputs::redact`](crate::token::Inputs::redact) before it leaves the process.
+    pub fn oauth_error_description(&self) -> Option<&str> {
+        match self {
+            ProviderError::Rejected {
+                detail: Some(detail),
+                ..
+            } => detail.description.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What this error, as the answer to a refresh request, means for the refresh token.
+    pub fn refresh_verdict(&self) -> RefreshVerdict {
+        match self {
+            // a server error, a timeout or a rate limit says nothing about the grant, whatever
+            // the body claims
+            ProviderError::Rejected { status, .. }
+                if *status == 408 || *status == 429 || !(400..500).contains(status) =>
+            {
+                RefreshVerdict::Transient
+            }
+            ProviderError::Rejected { .. } => match self.oauth_error() {
+                Some("invalid_grant") => RefreshVerdict::GrantDead,
+                Some("invalid_client" | "unauthorized_client" | "invalid_scope") => {
+                    RefreshVerdict::Configuration
+                }
+                Some("temporarily_unavailable" | "server_error" | "slow_down") => {
+                    RefreshVerdict::Transient
+                }
+                // any other 4xx: an unknown code, or none at all (a bare 400 with an empty body)
+                _ => RefreshVerdict::GrantDead,
+            },
+            ProviderError::Transport { .. } | ProviderError::BadResponse { .. } => {
+                RefreshVerdict::Transient
+            }
+            ProviderError::MissingInput { .. }
+            | ProviderError::BadInput { .. }
+            | ProviderError::InsecureUrl { .. }
+            | ProviderError::HostNotAllowed { .. }
+            | ProviderError::InvalidSpec(_) => RefreshVerdict::Configuration,
+        }
+    }
+
+    /// Whether the provider answered that the refresh token is no longer good, so a fresh
+    /// primary grant is the cure: [`RefreshVerdict::GrantDead`].
     pub fn is_rejected_grant(&self) -> bool {
         self.refresh_verdict() == RefreshVerdict::GrantDead
     }
 }
 
-/// What a failed refresh request says about the refresh token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshVerdict {
-    /// It is dead (`invalid_grant`, an unknown 4xx): drop it, log in again if the inputs allow.
-    GrantDead,
-    /// The request was wrong, not the token (`invalid_client`, ...): keep it, fix the spec.
-    Configuration,
-    /// The provider may recover: keep it, retry with backoff.
-    Transient,
+/// A token and what was odd about the answer that brought it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fetched {
+    pub token: Token,
+    /// Problems that did not stop the token from being used, e.g. an expiry that could not be
+    /// read (the token is kept with the requested lifetime or the fallback interval). The
+    /// controller emits each as a Warning event ([`Reason::ExpiryUnreadable`]). Never secret.
+    pub warnings: Vec<String>,
 }
 
-/// Fetch one token as the spec says.
-pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, ProviderError> {
+/// Fetch one token as the spec says, reading OIDC discovery documents through `discovery`.
+pub async fn fetch_with(
+    http: &reqwest::Client,
+    req: &Request<'_>,
+    discovery: &Discovery,
+) -> Result<Fetched, ProviderError> {
     match (&req.spec.oauth2, &req.spec.http) {
-        (Some(oauth2), None) => oauth2::fetch(http, oauth2, &req.spec.inputs.keys, req).await,
+        (Some(oauth2), None) => {
+            oauth2::fetch(http, oauth2, &req.spec.inputs.keys, req, discovery).await
+        }
         (None, Some(spec)) => declarative::fetch(http, spec, req).await,
         _ => Err(ProviderError::InvalidSpec(
             "spec: exactly one provider block must be set: spec.oauth2 or spec.http".into(),
         )),
     }
+}
+
+/// Fetch one token as the spec says, with the process-wide discovery cache; warnings go to the
+/// log only. The controller calls [`fetch_with`] with its own cache and emits the warnings as
+/// events.
+pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, ProviderError> {
+    static SHARED: std::sync::OnceLock<Discovery> = std::sync::OnceLock::new();
+    let fetched = fetch_with(http, req, SHARED.get_or_init(Discovery::default)).await?;
+    for warning in &fetched.warnings {
+        tracing::warn!(warning = %req.inputs.redact(warning), "token kept despite a problem");
+    }
+    Ok(fetched.token)
 }
 
 /// The HTTP client every token request uses, in the controller and in `tokensync check`:
@@ -337,6 +498,22 @@ pub fn jwt_exp(jwt: &str) -> Option<Timestamp> {
         .or_else(|| (secs > 0).then_some(Timestamp::MAX))
 }
 
+/// Granted scopes as a provider writes them: a space-separated string (RFC 6749 5.1) or, at
+/// some vendors, an array of strings.
+pub fn scope_value(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.trim().to_string()),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    }
+}
+
 /// A number of seconds that may arrive as a JSON number or a string (`"1200"`).
 pub fn seconds_value(v: &serde_json::Value) -> Option<i64> {
     match v {
@@ -445,84 +622,163 @@ pub(crate) mod tests {
         }
     }
 
-    /// Issue 10: a failed refresh is judged by its OAuth error code, not its HTTP status.
-    #[test]
-    fn refresh_failures_by_error_code() {
-        use RefreshVerdict::*;
-        let e = |status, detail: Option<&str>| ProviderError::Rejected {
+    fn rejected(status: u16, body: &str) -> ProviderError {
+        ProviderError::Rejected {
             url: "u".into(),
             status,
-            detail: detail.map(String::from),
+            detail: ErrorDetail::from_body(body.as_bytes()),
             retry_after: None,
-        };
-        let cases = [
-            (
-                400,
-                Some("invalid_grant: Token is not active"),
-                GrantDead,
-                Reason::TokenRequestFailed,
-            ),
-            (400, None, GrantDead, Reason::TokenRequestFailed),
-            (401, None, GrantDead, Reason::Unauthorized),
-            (404, None, GrantDead, Reason::TokenRequestFailed),
-            (
-                401,
-                Some("invalid_client: Invalid client credentials"),
-                Configuration,
-                Reason::Unauthorized,
-            ),
-            (
-                400,
-                Some("unauthorized_client: Client not allowed"),
-                Configuration,
-                Reason::Unauthorized,
-            ),
-            (
-                401,
-                Some("unauthorized_client"),
-                Configuration,
-                Reason::Unauthorized,
-            ),
-            (
-                400,
-                Some("invalid_scope: nope"),
-                Configuration,
-                Reason::Unauthorized,
-            ),
-            (429, None, Transient, Reason::RateLimited),
-            (503, None, Transient, Reason::TokenRequestFailed),
-            (
-                400,
-                Some("Some Message: with a colon"),
-                GrantDead,
-                Reason::TokenRequestFailed,
-            ),
-        ];
-        for (status, detail, verdict, reason) in cases {
-            let err = e(status, detail);
-            assert_eq!(err.refresh_verdict(), verdict, "{status} {detail:?}");
-            assert_eq!(err.reason(), reason, "{status} {detail:?}");
         }
-        let down = ProviderError::Transport {
-            url: "u".into(),
-            reason: "timed out".into(),
-        };
-        assert_eq!(down.refresh_verdict(), Transient);
     }
 
     #[test]
-    fn rejected_grant_is_401_or_invalid_grant() {
-        let e = |status, detail: Option<&str>| ProviderError::Rejected {
+    fn the_oauth_error_code_is_its_own_field() {
+        let e = rejected(
+            400,
+            r#"{"error":"invalid_grant","error_description":"Maximum allowed refresh token reuse exceeded"}"#,
+        );
+        assert_eq!(e.oauth_error(), Some("invalid_grant"));
+        assert_eq!(
+            e.oauth_error_description(),
+            Some("Maximum allowed refresh token reuse exceeded")
+        );
+        assert_eq!(
+            e.to_string(),
+            "u answered HTTP 400: invalid_grant: Maximum allowed refresh token reuse exceeded"
+        );
+        // a vendor's message is a description, not a code
+        let e = rejected(401, r#"{"error":"Unauthorized","message":"bad key"}"#);
+        assert_eq!(e.oauth_error(), None);
+        assert_eq!(e.to_string(), "u answered HTTP 401: bad key");
+        let e = rejected(403, r#"{"error":"Token expired"}"#);
+        assert_eq!(e.oauth_error(), None);
+        assert_eq!(e.oauth_error_description(), Some("Token expired"));
+        // an empty body, HTML, or JSON without the fields: no detail, never the raw body
+        for body in [
+            "",
+            "<html>password=hunter2</html>",
+            r#"{"x":1}"#,
+            r#"{"error":""}"#,
+        ] {
+            let e = rejected(400, body);
+            assert_eq!(e.oauth_error(), None, "{body}");
+            assert_eq!(e.to_string(), "u answered HTTP 400", "{body}");
+        }
+        // the tests' shorthand parses the code
+        let d: ErrorDetail = "invalid_grant: Token is not active".into();
+        assert_eq!(d.error.as_deref(), Some("invalid_grant"));
+        assert_eq!(d.description.as_deref(), Some("Token is not active"));
+        let d: ErrorDetail = "OIDC discovery failed".into();
+        assert_eq!(d.error, None);
+        // long provider text is cut
+        let long = format!(
+            r#"{{"error":"invalid_grant","error_description":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        assert!(rejected(400, &long).to_string().len() < 400);
+    }
+
+    #[test]
+    fn refresh_verdict_follows_the_error_code_not_the_status() {
+        use RefreshVerdict::*;
+        let cases = [
+            // the grant is dead
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"Token is not active"}"#,
+                GrantDead,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"Session not active"}"#,
+                GrantDead,
+            ),
+            (401, r#"{"error":"invalid_grant"}"#, GrantDead),
+            // an unknown 4xx, or one without any explanation (item 1 of issue 10)
+            (400, "", GrantDead),
+            (401, "", GrantDead),
+            (403, "", GrantDead),
+            (400, r#"{"error":"invalid_request"}"#, GrantDead),
+            (400, r#"{"error":"unsupported_grant_type"}"#, GrantDead),
+            (404, "<html></html>", GrantDead),
+            // configuration: the refresh token was never consumed (item 2)
+            (401, r#"{"error":"invalid_client"}"#, Configuration),
+            (400, r#"{"error":"invalid_client"}"#, Configuration),
+            (
+                401,
+                r#"{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}"#,
+                Configuration,
+            ),
+            (400, r#"{"error":"unauthorized_client"}"#, Configuration),
+            (400, r#"{"error":"invalid_scope"}"#, Configuration),
+            // waiting may cure it
+            (429, "", Transient),
+            (408, "", Transient),
+            (500, "", Transient),
+            (503, r#"{"error":"temporarily_unavailable"}"#, Transient),
+            (400, r#"{"error":"temporarily_unavailable"}"#, Transient),
+            (502, r#"{"error":"invalid_grant"}"#, Transient),
+        ];
+        for (status, body, want) in cases {
+            let e = rejected(status, body);
+            assert_eq!(e.refresh_verdict(), want, "{status} {body}");
+            assert_eq!(e.is_rejected_grant(), want == GrantDead, "{status} {body}");
+        }
+        let unreachable = ProviderError::Transport {
             url: "u".into(),
-            status,
-            detail: detail.map(String::from),
-            retry_after: None,
+            reason: "timed out".into(),
         };
-        assert!(e(401, None).is_rejected_grant());
-        assert!(e(400, Some("invalid_grant: Token is not active")).is_rejected_grant());
-        assert!(e(400, Some("invalid_request")).is_rejected_grant());
-        assert!(!e(500, None).is_rejected_grant());
-        assert_eq!(e(401, None).reason(), Reason::Unauthorized);
-        assert_eq!(e(429, None).reason(), Reason::RateLimited);
+        assert_eq!(unreachable.refresh_verdict(), Transient);
+        let unusable = ProviderError::BadResponse {
+            url: "u".into(),
+            reason: "no access_token".into(),
+        };
+        assert_eq!(unusable.refresh_verdict(), Transient);
+        let missing = ProviderError::MissingInput {
+            key: "client_secret".into(),
+            purpose: "client_secret_post",
+        };
+        assert_eq!(missing.refresh_verdict(), Configuration);
+        assert_eq!(
+            ProviderError::InvalidSpec("x".into()).refresh_verdict(),
+            Configuration
+        );
+    }
+
+    #[test]
+    fn the_ready_reason_follows_the_error_code_then_the_status() {
+        // Keycloak answers a wrong client secret with 401 or 400 unauthorized_client
+        for status in [400, 401] {
+            let e = rejected(status, r#"{"error":"unauthorized_client"}"#);
+            assert_eq!(e.reason(), Reason::Unauthorized, "{status}");
+            let e = rejected(status, r#"{"error":"invalid_client"}"#);
+            assert_eq!(e.reason(), Reason::Unauthorized, "{status}");
+        }
+        assert_eq!(
+            rejected(400, r#"{"error":"invalid_scope"}"#).reason(),
+            Reason::InvalidScope
+        );
+        assert_eq!(rejected(401, "").reason(), Reason::Unauthorized);
+        assert_eq!(rejected(403, "").reason(), Reason::Unauthorized);
+        assert_eq!(rejected(429, "").reason(), Reason::RateLimited);
+        assert_eq!(rejected(400, "").reason(), Reason::TokenRequestFailed);
+        assert_eq!(
+            rejected(400, r#"{"error":"invalid_grant"}"#).reason(),
+            Reason::TokenRequestFailed
+        );
+        assert_eq!(rejected(503, "").reason(), Reason::TokenRequestFailed);
+    }
+
+    #[test]
+    fn scopes_as_a_string_or_an_array() {
+        assert_eq!(
+            scope_value(&serde_json::json!("openid email")).as_deref(),
+            Some("openid email")
+        );
+        assert_eq!(
+            scope_value(&serde_json::json!(["openid", "email", 3])).as_deref(),
+            Some("openid email")
+        );
+        assert_eq!(scope_value(&serde_json::json!(null)), None);
     }
 }

@@ -652,3 +652,157 @@ impl PrivateCa {
         ca
     }
 }
+
+/// A real Keycloak on loopback (`xtask/keycloak.sh`: a Java 21 runtime from PyPI and the Keycloak
+/// distribution from Maven Central, both cached), with the realm `dcp` of
+/// `tests/keycloak/dcp-realm.json` imported into an in-memory database: the Dronetag realm's
+/// settings with short lifetimes. One per test binary, shared by its tests; it stops when the
+/// test binary exits (the script watches this process).
+pub struct KeycloakServer {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// How long installing (when not cached) and starting took.
+    pub started_in: Duration,
+    pub log: PathBuf,
+}
+
+/// The realm's client secret (as in the examples: characters that need form-encoding).
+pub const KEYCLOAK_CLIENT_SECRET: &str = tokensync_fakes::CLIENT_SECRET;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status of a plain-http GET to a loopback `url`, without a client library (blocking).
+fn http_status(url: &str) -> Option<u16> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(authority).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).ok()?;
+    String::from_utf8_lossy(&head[..n])
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl KeycloakServer {
+    /// The shared server, started on first use (blocking: call from `spawn_blocking`, or use
+    /// [`KeycloakServer::get`]). A Keycloak that cannot start fails the test with its log.
+    pub fn shared() -> &'static KeycloakServer {
+        static SERVER: OnceLock<KeycloakServer> = OnceLock::new();
+        SERVER.get_or_init(Self::start)
+    }
+
+    pub async fn get() -> &'static KeycloakServer {
+        tokio::task::spawn_blocking(Self::shared).await.unwrap()
+    }
+
+    fn start() -> Self {
+        let started = std::time::Instant::now();
+        let install = cluster_like("keycloak.sh", &["install"]);
+        assert!(
+            install.status.success(),
+            "Keycloak could not be installed:\n{}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        let (port, mgmt) = (free_port(), free_port());
+        let log = std::env::temp_dir().join(format!("tokensync-keycloak-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = std::process::Command::new("bash")
+            .arg(root().join("xtask/keycloak.sh"))
+            .args(["run", &port.to_string(), &mgmt.to_string()])
+            .arg(root().join("tests/keycloak/dcp-realm.json"))
+            .arg(std::process::id().to_string())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("bash runs xtask/keycloak.sh");
+        let base = format!("http://127.0.0.1:{port}");
+        let discovery = format!("{base}/realms/dcp/.well-known/openid-configuration");
+        // a cold first start builds Keycloak's configuration; on 2 busy cores that takes minutes
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            if http_status(&discovery) == Some(200) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "Keycloak exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Keycloak did not answer in 10 minutes:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let started_in = started.elapsed();
+        eprintln!(
+            "Keycloak at {base} ready in {started_in:.1?} (log: {})",
+            log.display()
+        );
+        Self {
+            base,
+            started_in,
+            log,
+        }
+    }
+
+    /// The realm `dcp`'s issuer, as Keycloak names it.
+    pub fn issuer(&self) -> String {
+        format!("{}/realms/dcp", self.base)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/protocol/openid-connect/token", self.issuer())
+    }
+
+    pub fn userinfo_url(&self) -> String {
+        format!("{}/protocol/openid-connect/userinfo", self.issuer())
+    }
+
+    /// A manifest from `examples/` with Dronetag's auth host pointed at this Keycloak (and the
+    /// other vendor hosts at `fakes`, when given).
+    pub fn example(&self, name: &str, fakes: Option<&FakeProviders>) -> String {
+        let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
+        let text = text.replace("https://auth.dronetag.app/realms/dcp", &self.issuer());
+        match fakes {
+            Some(f) => tokensync_fakes::rewrite_urls(&text, &f.base_url()),
+            None => text,
+        }
+    }
+}
+
+/// Run one of the project's scripts in `xtask/`.
+fn cluster_like(script: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(root().join("xtask").join(script))
+        .args(args)
+        .output()
+        .expect("bash runs the script")
+}
+
+/// The claims of a JWT, without verifying it.
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}

@@ -1,7 +1,9 @@
 //! Developer commands: `cargo xtask <command>`.
 //!
 //!   demo                 local control plane + fake providers + operator + examples; prints the Secrets
-//!   test                 everything CI runs
+//!   test                 everything CI runs, but the conformance tests
+//!   conformance          the conformance tests against a real Keycloak (installed and cached by
+//!                        xtask/keycloak.sh); CI runs them after `test`
 //!   gen                  write crds/ (and the chart's copy in files/crds/) from the Rust types
 //!   cluster up|down|env|tools|status   the local control plane (xtask/cluster.sh)
 //!   bench                the benchmarks
@@ -28,8 +30,9 @@ fn main() -> ExitCode {
         Some("cluster") => cluster(&args[1..]),
         Some("bench") => bench(),
         Some("chaos") => chaos(&args[1..]),
+        Some("conformance") => conformance(),
         _ => Err(
-            "usage: cargo xtask demo | test | gen | cluster up|down|env|tools|status | bench | chaos [--minutes N]"
+            "usage: cargo xtask demo | test | conformance | gen | cluster up|down|env|tools|status | bench | chaos [--minutes N]"
                 .into(),
         ),
     };
@@ -236,6 +239,45 @@ fn chaos(args: &[String]) -> Result {
         run(cluster_sh().arg("down"))?;
     }
     result
+}
+
+/// The conformance tests (`tests/keycloak.rs`, `#[ignore]`d in the normal run): the Dronetag
+/// flows against a real Keycloak, on the local control plane. A few minutes: they wait out
+/// Keycloak's session maximum.
+fn conformance() -> Result {
+    let started = Instant::now();
+    step("Keycloak and its Java runtime (downloaded and cached on first use)");
+    let install = Instant::now();
+    run(Command::new("bash").args(["xtask/keycloak.sh", "install"]))?;
+    eprintln!("Keycloak installed in {:.1?}", install.elapsed());
+    step("local control plane (built and cached on first use)");
+    let was_running = cluster_sh()
+        .arg("status")
+        .status()
+        .is_ok_and(|s| s.success());
+    run(cluster_sh().arg("up"))?;
+    step("cargo test --test keycloak -- --ignored (the tests share one Keycloak)");
+    let result = run(cargo()
+        .args([
+            "test",
+            "--test",
+            "keycloak",
+            "--",
+            "--ignored",
+            "--test-threads",
+            "8",
+            // the harness prints Keycloak's start time
+            "--show-output",
+        ])
+        .env("KUBECONFIG", kubeconfig()?)
+        .env("TOKENSYNC_REQUIRE_CLUSTER", "1"));
+    if !was_running {
+        step("stopping the control plane this run started");
+        run(cluster_sh().arg("down"))?;
+    }
+    result?;
+    eprintln!("\nconformance passed in {:.0?}", started.elapsed());
+    Ok(())
 }
 
 fn bench() -> Result {
