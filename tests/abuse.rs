@@ -704,6 +704,9 @@ fn runtime_cases() -> Vec<Case> {
         // the vendor's answers
         condition(v, "vendor-echoes-request", oauth2(json!({"oauth2": {"tokenUrl": "ECHO/oauth/token"}})), Inputs::Planted, None,
             &["TokenRequestFailed"], &["HTTP 400", "/oauth/token"]),
+        // client_id is not secret: masking it makes the message useless (issue 8)
+        condition(v, "echo-id", oauth2(json!({"oauth2": {"tokenUrl": "ECHO/oauth/token"}})), Inputs::Planted, None,
+            &["TokenRequestFailed"], &["client_id=client-echo-id"]).pending(),
         condition(v, "vendor-500", json_login(json!({})), Inputs::Valid, Some(|s| s.set_fault(Vendor::JsonLogin, Fault::Status(500))),
             &["TokenRequestFailed"], &["HTTP 500"]),
         condition(v, "vendor-401", oauth2(json!({})), Inputs::Valid, Some(|s| s.set_fault(Vendor::AltitudeAngel, Fault::Status(401))),
@@ -1305,8 +1308,24 @@ async fn abuse_suite() {
     }
     sources.extend(check_out);
     operator.stop().await;
-    sources.push(("log:text".into(), text_log.text()));
-    sources.push(("log:json".into(), json_log.text()));
+    let (text, json) = (text_log.text(), json_log.text());
+    // both formatters saw the operator's reconciles, at debug level and below
+    for (format, log) in [("text", &text), ("json", &json)] {
+        assert!(
+            log.contains("DEBUG") || log.contains("TRACE"),
+            "{format} log"
+        );
+        assert!(
+            log.contains("vendor-500"),
+            "the {format} log has no reconcile of vendor-500"
+        );
+    }
+    let first = json.lines().next().unwrap_or_default();
+    let first: Value = serde_json::from_str(first).expect("the JSON log is JSON lines");
+    assert!(first["level"].is_string(), "{first}");
+    sources.push(("log:harness".into(), captured_logs()));
+    sources.push(("log:text".into(), text));
+    sources.push(("log:json".into(), json));
     // every token the fakes issued, and every token and refresh token in the state Secrets
     for fakes in [&main_fakes, &healthy_fakes]
         .into_iter()
@@ -1341,7 +1360,7 @@ async fn abuse_suite() {
     let leaks = scan(&planted, &sources);
 
     // 7. the healthy credentials never held an expired token
-    let samples = samples.lock().unwrap();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
     let expired: Vec<_> = samples.seen.iter().filter(|(_, e, at)| e <= at).collect();
     let renewals: BTreeMap<&str, usize> = HEALTHY
         .iter()
@@ -1469,6 +1488,5 @@ async fn abuse_suite() {
             n.saturating_sub(1)
         );
     }
-    drop(samples);
     ns.delete().await;
 }
