@@ -728,6 +728,11 @@ fn runtime_cases() -> Vec<Case> {
         condition(v, "vendor-token-crlf", mapping(json!({"token": "/expiresAt", "expiry": null})), Inputs::Valid,
             Some(|s| s.set_expires_at_override(Vendor::JsonLogin, Some(json!(CRLF_TOKEN)))),
             &["InvalidTokenResponse"], &["control characters", "/expiresAt"]).pending(),
+        // the token type is written into templated keys as the token is: a gap this suite found
+        // (the engine checks only the token for control characters), not listed in issue 8
+        condition(v, "vendor-token-type-crlf", mapping(json!({"tokenType": "/expiresAt", "expiry": null})), Inputs::Valid,
+            Some(|s| s.set_expires_at_override(Vendor::JsonLogin, Some(json!(CRLF_TOKEN_TYPE)))),
+            &["InvalidTokenResponse"], &["control characters"]).pending(),
         condition(v, "vendor-token-object", mapping(json!({"token": "/user", "expiry": null})), Inputs::Valid, None,
             &["InvalidTokenResponse"], &["/user", "not a non-empty string"]),
         condition(v, "vendor-token-field-missing", mapping(json!({"token": "/access_token"})), Inputs::Valid, None,
@@ -766,6 +771,9 @@ fn runtime_cases() -> Vec<Case> {
 
 /// A token with CR/LF: a header-injection line for every consumer of a templated key.
 const CRLF_TOKEN: &str = "crlf-token-Zq81\r\nX-Injected: evil";
+
+/// A token type with CR/LF.
+const CRLF_TOKEN_TYPE: &str = "Bearer\r\nX-Injected: evil";
 
 fn binary_value() -> Vec<u8> {
     let mut v = vec![0xff, 0xfe, 0x00, 0xc3, 0x28];
@@ -1222,6 +1230,7 @@ async fn abuse_suite() {
     // wait for each runtime case's answer, all within one bounded wait
     let deadline = tokio::time::Instant::now() + Duration::from_secs(100);
     let pcs = ns.api::<ProviderCredential>();
+    let mut findings: Vec<String> = vec![];
     for case in runtime {
         let (answer, ok) = loop {
             let pc = pcs.get(&case.name).await.unwrap();
@@ -1232,13 +1241,25 @@ async fn abuse_suite() {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        // a token with control characters is never written
-        let ok = if case.name == "vendor-token-crlf" {
+        // a token or token type with control characters is never written
+        let ok = if case.name.ends_with("-crlf") {
             let out = ns
                 .api::<Secret>()
-                .get_opt("vendor-token-crlf-out")
+                .get_opt(&format!("{}-out", case.name))
                 .await
                 .unwrap();
+            let control: Vec<String> = out
+                .iter()
+                .flat_map(|s| s.data.iter().flatten())
+                .filter(|(_, v)| v.0.iter().any(|b| b.is_ascii_control()))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !control.is_empty() {
+                findings.push(format!(
+                    "{}: the output Secret holds control characters in {control:?}",
+                    case.name
+                ));
+            }
             ok && out.is_none()
         } else {
             ok
@@ -1358,6 +1379,21 @@ async fn abuse_suite() {
     planted.sort_by(|a, b| a.1.cmp(&b.1));
     planted.dedup_by(|a, b| a.1 == b.1);
     let leaks = scan(&planted, &sources);
+    // the scan reaches every kind of text: a value known to be in each (the namespace's name,
+    // not secret) is found in each
+    let canary = scan(&[("canary".into(), ns.name.clone())], &sources);
+    for kind in ["log:text", "log:json", "event:", "status:"] {
+        assert!(
+            canary.iter().any(|l| l.source.starts_with(kind)),
+            "the scan never saw {kind}: {canary:?}"
+        );
+    }
+    let host = base.trim_start_matches("http://").to_string();
+    let canary = scan(&[("canary".into(), host)], &sources);
+    assert!(
+        canary.iter().any(|l| l.source.starts_with("check:")),
+        "the scan never saw check output: {canary:?}"
+    );
 
     // 7. the healthy credentials never held an expired token
     let samples = std::mem::take(&mut *samples.lock().unwrap());
@@ -1426,6 +1462,9 @@ async fn abuse_suite() {
         );
     }
     let _ = writeln!(report, "\nby class: {by_class:?}");
+    for f in &findings {
+        let _ = writeln!(report, "FINDING: {f}");
+    }
     let _ = writeln!(
         report,
         "pending (known gaps): {} {pending:?}",
