@@ -107,7 +107,13 @@ pub fn encoded_forms(value: &str) -> Vec<(&'static str, String)> {
         ("form", form(b)),
         ("json", json[1..json.len() - 1].to_string()),
     ];
-    for core in base64_cores(&STANDARD, b) {
+    // inside a longer base64 text, at any alignment; also form-encoded first, as in an HTTP
+    // Basic header (`base64(form(id):form(secret))`, RFC 6749 2.3.1)
+    let formed = form(b);
+    for core in base64_cores(&STANDARD, b)
+        .into_iter()
+        .chain(base64_cores(&STANDARD, formed.as_bytes()))
+    {
         forms.push(("base64-nopad", core));
     }
     for core in base64_cores(&URL_SAFE_NO_PAD, b) {
@@ -208,6 +214,13 @@ fn the_scanner_catches_a_leak_in_every_encoding() {
             "{encoding} not caught in {text:?}: {leaks:?}"
         );
     }
+    // an HTTP Basic header with the form-encoded value
+    let basic = STANDARD.encode(format!("client-id:{}", form(b)));
+    let leaks = scan(
+        &planted,
+        &[("basic".into(), format!("Authorization: Basic {basic}"))],
+    );
+    assert!(!leaks.is_empty(), "{basic}");
     // base64 of the value inside a longer base64 text, at each alignment (e.g. `id:secret`)
     for prefix in ["", "a", "ab", "client-id:"] {
         let text = STANDARD.encode(format!("{prefix}{value}:tail"));
@@ -1293,6 +1306,28 @@ async fn abuse_suite() {
         assert!(out.contains("\"fingerprint\""), "check {example}: {out}");
         check_out.push((format!("check:{example}"), out));
     }
+    // check reads manifests the apiserver never saw: a token URL with userinfo
+    let userinfo = "Leak userinfo-pw/9&x=y";
+    planted.push(("check/userinfo-password".into(), userinfo.into()));
+    let host = base.trim_start_matches("http://");
+    let url = format!(
+        "http://pilot:{}@{host}/altitude-angel/oauth/v2/token",
+        percent(userinfo.as_bytes(), true)
+    );
+    let (secret, _) = inputs_secret("userinfo", &Inputs::Valid).unwrap();
+    let pc = pcred(
+        "userinfo",
+        &oauth2(json!({"oauth2": {"tokenUrl": url}})),
+        &base,
+    );
+    let file = dir.join("userinfo.yaml");
+    std::fs::write(&file, format!("{pc}\n---\n{secret}")).unwrap();
+    let out = check(&file, None).await;
+    assert!(
+        !out.contains("\"fingerprint\""),
+        "check took a token URL with userinfo: {out}"
+    );
+    check_out.push(("check:userinfo".into(), out));
     for (name, file) in &check_files {
         let out = check(file, None).await;
         check_out.push((format!("check:{name}"), out));
@@ -1326,6 +1361,9 @@ async fn abuse_suite() {
             ),
             serde_json::to_string(e).unwrap(),
         ));
+    }
+    for (name, out) in &check_out {
+        std::fs::write(dir.join(format!("{name}.out")), out).unwrap();
     }
     sources.extend(check_out);
     operator.stop().await;
@@ -1478,7 +1516,7 @@ async fn abuse_suite() {
         sources.len(),
         all_pcs.len(),
         events.len(),
-        EXAMPLES.len() + check_files.len(),
+        sources.iter().filter(|s| s.0.starts_with("check:")).count(),
         sources
             .iter()
             .filter(|s| s.0.starts_with("log:"))
