@@ -243,6 +243,12 @@ fn the_scanner_catches_a_leak_in_every_encoding() {
 enum Expect {
     /// Refused at admission (HTTP 422); the apiserver's message holds each of these.
     Refused(&'static [&'static str]),
+    /// `tokensync check` (which reads manifests the apiserver never saw) fails with a message
+    /// holding each of `needles` and not `not`.
+    CheckRefused {
+        needles: &'static [&'static str],
+        not: Option<&'static str>,
+    },
     /// `Degraded=True` with one of `reasons` (any, when empty), a message holding each of
     /// `needles` and not `not`; with no token yet `Ready=False`; an Event with the reason.
     Condition {
@@ -1322,12 +1328,56 @@ async fn abuse_suite() {
     );
     let file = dir.join("userinfo.yaml");
     std::fs::write(&file, format!("{pc}\n---\n{secret}")).unwrap();
-    let out = check(&file, None).await;
-    assert!(
-        !out.contains("\"fingerprint\""),
-        "check took a token URL with userinfo: {out}"
-    );
-    check_out.push(("check:userinfo".into(), out));
+    let overflow = {
+        let spec = oauth2(json!({"refresh": {"renewBefore": "99999999999999999999d"}}));
+        let pc = pcred("overflow", &spec, &base);
+        let file = dir.join("overflow.yaml");
+        std::fs::write(&file, format!("{pc}\n---\n{secret}")).unwrap();
+        file
+    };
+    // the runtime parser's message for what admission refuses by pattern (misleading before)
+    let probes = [
+        (
+            "check-url-userinfo",
+            file,
+            &["exit Some(1)", "userinfo"][..],
+            None,
+            false,
+        ),
+        (
+            "check-duration-overflow",
+            overflow,
+            &["exit Some(1)", "spec.refresh.renewBefore", "3650d"][..],
+            Some("must precede"),
+            false,
+        ),
+    ];
+    for (name, file, needles, not, pending) in probes {
+        let out = check(&file, None).await;
+        let expect = Expect::CheckRefused {
+            needles: needles.to_vec().leak(),
+            not,
+        };
+        let Expect::CheckRefused { needles, not } = &expect else {
+            unreachable!()
+        };
+        let ok = needles.iter().all(|n| out.contains(n)) && not.is_none_or(|n| !out.contains(n));
+        verdicts.push(Verdict {
+            case: Case {
+                name: name.into(),
+                class: "spec (check)",
+                what: What::Admission {
+                    patch: json!({}),
+                    name: None,
+                },
+                expect,
+                pending,
+            },
+            answer: out.replace('\n', " "),
+            ok,
+        });
+        check_out.push((format!("check:{name}"), out));
+    }
     for (name, file) in &check_files {
         let out = check(file, None).await;
         check_out.push((format!("check:{name}"), out));
@@ -1481,6 +1531,7 @@ async fn abuse_suite() {
         let kind = match v.case.expect {
             Expect::Refused(_) => "admission",
             Expect::Condition { .. } => "condition",
+            Expect::CheckRefused { .. } => "check refusal",
         };
         *by_class.entry((v.case.class, kind)).or_default() += 1;
         if !v.ok && v.case.pending {
