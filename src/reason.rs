@@ -122,11 +122,16 @@ impl Reason {
     }
 
     /// Whether a provider that recovers cures it, so that without a valid token in place the
-    /// backoff stays short (an outage, a 5xx, an upstream credential not ready yet).
+    /// backoff stays short (an outage, a 5xx, a garbled answer, a rate limit without
+    /// Retry-After, an upstream credential not ready yet).
     pub fn outage(self) -> bool {
         matches!(
             self,
-            Reason::ProviderUnreachable | Reason::TokenRequestFailed | Reason::UpstreamNotReady
+            Reason::ProviderUnreachable
+                | Reason::TokenRequestFailed
+                | Reason::InvalidTokenResponse
+                | Reason::RateLimited
+                | Reason::UpstreamNotReady
         )
     }
 

@@ -1067,15 +1067,11 @@ fn log_subscriber(text: Buffer, json: Buffer) -> impl tracing::Subscriber + Send
         )
 }
 
-/// Rewrite an example for the fakes, with the opt-in label on its inputs Secret.
+/// Rewrite an example for the fakes (its inputs Secret carries the opt-in label already).
 fn example_text(name: &str, base: &str, code: &str) -> String {
     let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
-    tokensync_fakes::rewrite_urls(&text, base)
-        .replace(
-            "\ntype: Opaque",
-            &format!("\n  labels:\n    {INPUTS_LABEL}: \"true\"\ntype: Opaque"),
-        )
-        .replace("paste-the-authorization-code-here", code)
+    assert!(text.contains(INPUTS_LABEL), "{name} opts its inputs in");
+    tokensync_fakes::rewrite_urls(&text, base).replace("paste-the-authorization-code-here", code)
 }
 
 const EXAMPLES: [&str; 7] = [
