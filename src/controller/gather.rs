@@ -27,7 +27,7 @@ pub struct Snapshot {
     pub inputs_opted_in: bool,
     pub state_secret: Option<Secret>,
     /// The upstream credential's live token, when the spec names one.
-    pub upstream: Option<Result<Upstream, String>>,
+    pub upstream: Option<Result<Upstream, (Reason, String)>>,
     /// The HTTP client for this credential (trusting its CA bundle), or why there is none.
     pub http: Result<reqwest::Client, (Reason, String)>,
 }
@@ -93,7 +93,7 @@ pub async fn gather(
     let output = secrets.get_opt(&spec.output.secret_name).await?;
     let inputs_secret = secrets.get_opt(&spec.inputs.secret_name).await?;
     let state_secret = secrets.get_opt(&state::name(&pc.name_any())).await?;
-    let upstream = upstream(secrets, &pc).await?;
+    let upstream = upstream(&ctx.client, secrets, &pc).await?;
     let http = http_client(ctx, secrets, &pc).await?;
     let opted_in = inputs_secret.as_ref().is_some_and(opted_in);
     // labelling the Secret counts as new inputs, so it is retried at once
@@ -119,13 +119,17 @@ pub async fn gather(
 
 /// The upstream credential's current token, when the spec names one.
 pub(super) async fn upstream(
+    client: &kube::Client,
     secrets: &Api<Secret>,
     pc: &ProviderCredential,
-) -> Result<Option<Result<Upstream, String>>, Error> {
+) -> Result<Option<Result<Upstream, (Reason, String)>>, Error> {
     let Some(up) = pc.spec.http.as_ref().and_then(|h| h.upstream.as_ref()) else {
         return Ok(None);
     };
     let name = &up.provider_credential;
+    if let Some(problem) = chain_problem(client, pc).await? {
+        return Ok(Some(Err(problem)));
+    }
     let now = renewal::now();
     let state = secrets
         .get_opt(&state::name(name))
@@ -139,8 +143,64 @@ pub(super) async fn upstream(
         })
     });
     Ok(Some(live.ok_or_else(|| {
-        format!("ProviderCredential {name:?} named in spec.http.upstream has no valid token yet")
+        (
+            Reason::UpstreamNotReady,
+            format!(
+                "ProviderCredential {name:?} named in spec.http.upstream has no valid token yet"
+            ),
+        )
     })))
+}
+
+/// What is wrong with the chain of upstream credentials, if anything: the credential names
+/// itself, names one that does not exist, or the chain comes back to it (a cycle).
+async fn chain_problem(
+    client: &kube::Client,
+    pc: &ProviderCredential,
+) -> Result<Option<(Reason, String)>, Error> {
+    let ns = pc.namespace().unwrap_or_default();
+    let api: Api<ProviderCredential> = Api::namespaced(client.clone(), &ns);
+    let upstream_of = |p: &ProviderCredential| {
+        p.spec
+            .http
+            .as_ref()
+            .and_then(|h| h.upstream.as_ref())
+            .map(|u| u.provider_credential.clone())
+    };
+    let me = pc.name_any();
+    let mut chain = vec![me.clone()];
+    let mut next = upstream_of(pc);
+    while let Some(name) = next {
+        if name == me {
+            let message = if chain.len() == 1 {
+                "spec.http.upstream names this ProviderCredential itself: a credential cannot vouch for its own requests".to_string()
+            } else {
+                chain.push(name);
+                format!(
+                    "spec.http.upstream: a cycle of upstream credentials: {}",
+                    chain.join(" -> ")
+                )
+            };
+            return Ok(Some((Reason::InvalidSpec, message)));
+        }
+        if chain.len() > 8 || chain.contains(&name) {
+            return Ok(None); // a cycle further up is that credential's problem
+        }
+        let Some(up) = api.get_opt(&name).await? else {
+            let message = format!(
+                "ProviderCredential {name:?} (spec.http.upstream{}) not found in namespace {ns:?}",
+                if chain.len() > 1 {
+                    format!(" of {:?}", chain.last().unwrap_or(&me))
+                } else {
+                    String::new()
+                }
+            );
+            return Ok(Some((Reason::UpstreamNotReady, message)));
+        };
+        chain.push(name);
+        next = upstream_of(&up);
+    }
+    Ok(None)
 }
 
 /// The HTTP client for this credential: the shared one, or one that also trusts the CA bundle

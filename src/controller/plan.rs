@@ -200,8 +200,8 @@ fn attempt(
     policy: Policy,
     primary_possible: bool,
 ) -> Result<Plan, Failed> {
-    if let Some(Err(message)) = &snap.upstream {
-        return Err(Failed::new(Reason::UpstreamNotReady, message.clone()));
+    if let Some(Err((reason, message))) = &snap.upstream {
+        return Err(Failed::new(*reason, message.clone()));
     }
     if let Err((reason, message)) = &snap.http {
         return Err(Failed::new(*reason, message.clone()));

@@ -195,10 +195,19 @@ pub fn render_request(
         .headers
         .iter()
         .map(|(k, t)| {
-            Ok((
-                k.clone(),
-                SecretValue::new(render(&plain, &format!("{field}.headers.{k}"), t, ctx)?),
-            ))
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                return Err(ProviderError::InvalidSpec(format!(
+                    "{field}.headers: {k:?} is not a valid HTTP header name"
+                )));
+            }
+            let value = render(&plain, &format!("{field}.headers.{k}"), t, ctx)?;
+            if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                // never show the value: it may hold a secret
+                return Err(ProviderError::InvalidSpec(format!(
+                    "{field}.headers.{k}: the rendered value is not a valid HTTP header value (control characters or non-ASCII)"
+                )));
+            }
+            Ok((k.clone(), SecretValue::new(value)))
         })
         .collect::<Result<_, ProviderError>>()?;
     let body = match (&spec.json, &spec.form) {
