@@ -209,6 +209,15 @@ async fn a_failing_refresh_keeps_the_valid_token_and_says_why() {
     let pc = ns.wait_failing(AA, "TokenRequestFailed").await;
     let message = degraded(&pc).unwrap().message.clone();
     assert!(message.contains("HTTP 503"), "{message}");
+    // the token in place is still valid: Ready stays True and says renewal fails; status says
+    // when the next request goes out
+    let now_ready = ready(&pc).unwrap();
+    assert_eq!(
+        (now_ready.status.as_str(), now_ready.reason.as_str()),
+        ("True", "RenewalFailing"),
+        "{now_ready:?}"
+    );
+    assert!(pc.status.as_ref().unwrap().next_attempt_at.is_some());
     assert!(
         message.contains("/altitude-angel/oauth/v2/token"),
         "{message}"
