@@ -134,16 +134,7 @@ impl Redactor {
         if raw.len() < 4 {
             return;
         }
-        let percent: String = raw
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
+        let percent = crate::providers::declarative::encode_url_part(raw);
         let json = serde_json::to_string(raw).unwrap_or_default();
         let forms = [
             raw.to_string(),

@@ -49,15 +49,6 @@ pub fn fingerprint(secret: &Secret) -> Option<String> {
     secret.annotations().get(FINGERPRINT).cloned()
 }
 
-/// The `token_type` written out: `Bearer` for any spelling of it, otherwise as the provider said.
-fn token_type(token: &Token) -> String {
-    if token.is_bearer() {
-        "Bearer".into()
-    } else {
-        token.token_type.clone()
-    }
-}
-
 /// The output Secret for `token`. Keys are the spec's templates over `token`, `token_type`,
 /// `expires_at` and `issued_at` (and `refresh_token`, only where a template asks for it), or by
 /// default `token`, `token_type` and `expires_at`.
@@ -73,7 +64,7 @@ pub fn build(
     let mut data = BTreeMap::new();
     if out.keys.is_empty() {
         data.insert("token".to_string(), token.value.expose().to_string());
-        data.insert("token_type".to_string(), token_type(token));
+        data.insert("token_type".to_string(), token.normalized_token_type());
         if let Some(e) = &expires_at {
             data.insert("expires_at".to_string(), e.clone());
         }
@@ -82,7 +73,7 @@ pub fn build(
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let ctx = minijinja::context! {
             token => token.value.expose(),
-            token_type => token_type(token),
+            token_type => token.normalized_token_type(),
             expires_at => expires_at.clone().unwrap_or_default(),
             issued_at => token.issued_at.to_string(),
             refresh_token => refresh_token.map(SecretValue::expose).unwrap_or_default(),

@@ -83,7 +83,7 @@ fn human(d: SignedDuration) -> String {
 }
 
 /// Keep `[A-Za-z0-9-._~]`, percent-encode the rest (RFC 3986 unreserved).
-fn encode_url_part(s: &str) -> String {
+pub(crate) fn encode_url_part(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -185,24 +185,42 @@ fn test() -> Result {
         step("helm lint");
         run(Command::new(tool("helm")?).args(["lint", "--strict", "charts/tokensync"]))?;
     }
+    on_the_control_plane(|on| {
+        step("cargo test (unit and integration tests on the real apiserver)");
+        run(on(cargo().args([
+            "test",
+            "--workspace",
+            "--",
+            "--test-threads",
+            "4",
+        ])))
+    })?;
+    eprintln!("\nall checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Run `tests` against the local control plane (started, built and cached on first use), and
+/// stop it afterwards if this run started it, whether the tests passed or not. `tests` gets a
+/// function that points a cargo command at it (its KUBECONFIG; cluster tests never skipped).
+fn on_the_control_plane(
+    tests: impl FnOnce(&dyn Fn(&mut Command) -> &mut Command) -> Result,
+) -> Result {
     step("local control plane (built and cached on first use)");
     let was_running = cluster_sh()
         .arg("status")
         .status()
         .is_ok_and(|s| s.success());
     run(cluster_sh().arg("up"))?;
-    step("cargo test (unit and integration tests on the real apiserver)");
-    let result = run(cargo()
-        .args(["test", "--workspace", "--", "--test-threads", "4"])
-        .env("KUBECONFIG", kubeconfig()?)
-        .env("TOKENSYNC_REQUIRE_CLUSTER", "1"));
+    let kubeconfig = kubeconfig()?;
+    let result = tests(&|cmd: &mut Command| {
+        cmd.env("KUBECONFIG", &kubeconfig)
+            .env("TOKENSYNC_REQUIRE_CLUSTER", "1")
+    });
     if !was_running {
         step("stopping the control plane this run started");
         run(cluster_sh().arg("down"))?;
     }
-    result?;
-    eprintln!("\nall checks passed in {:.0?}", started.elapsed());
-    Ok(())
+    result
 }
 
 /// The chaos soak of tests/chaos.rs (an ignored test): the control plane as `test` has it, the
@@ -220,25 +238,14 @@ fn chaos(args: &[String]) -> Result {
             "--minutes {minutes:?}: a positive number of minutes"
         ));
     }
-    step("local control plane (built and cached on first use)");
-    let was_running = cluster_sh()
-        .arg("status")
-        .status()
-        .is_ok_and(|s| s.success());
-    run(cluster_sh().arg("up"))?;
-    step("building tokensync");
-    run(cargo().args(["build", "--bin", "tokensync"]))?;
-    step(&format!("chaos: {minutes} minutes of faults and SIGKILLs"));
-    let result = run(cargo()
-        .args(["test", "--test", "chaos", "--", "--ignored", "--nocapture"])
-        .env("CHAOS_MINUTES", &minutes)
-        .env("KUBECONFIG", kubeconfig()?)
-        .env("TOKENSYNC_REQUIRE_CLUSTER", "1"));
-    if !was_running {
-        step("stopping the control plane this run started");
-        run(cluster_sh().arg("down"))?;
-    }
-    result
+    on_the_control_plane(|on| {
+        step("building tokensync");
+        run(cargo().args(["build", "--bin", "tokensync"]))?;
+        step(&format!("chaos: {minutes} minutes of faults and SIGKILLs"));
+        run(on(cargo()
+            .args(["test", "--test", "chaos", "--", "--ignored", "--nocapture"])
+            .env("CHAOS_MINUTES", &minutes)))
+    })
 }
 
 /// The conformance tests (`tests/keycloak.rs`, `#[ignore]`d in the normal run): the Dronetag
@@ -250,15 +257,9 @@ fn conformance() -> Result {
     let install = Instant::now();
     run(Command::new("bash").args(["xtask/keycloak.sh", "install"]))?;
     eprintln!("Keycloak installed in {:.1?}", install.elapsed());
-    step("local control plane (built and cached on first use)");
-    let was_running = cluster_sh()
-        .arg("status")
-        .status()
-        .is_ok_and(|s| s.success());
-    run(cluster_sh().arg("up"))?;
-    step("cargo test --test keycloak -- --ignored (the tests share one Keycloak)");
-    let result = run(cargo()
-        .args([
+    on_the_control_plane(|on| {
+        step("cargo test --test keycloak -- --ignored (the tests share one Keycloak)");
+        run(on(cargo().args([
             "test",
             "--test",
             "keycloak",
@@ -268,14 +269,8 @@ fn conformance() -> Result {
             "8",
             // the harness prints Keycloak's start time
             "--show-output",
-        ])
-        .env("KUBECONFIG", kubeconfig()?)
-        .env("TOKENSYNC_REQUIRE_CLUSTER", "1"));
-    if !was_running {
-        step("stopping the control plane this run started");
-        run(cluster_sh().arg("down"))?;
-    }
-    result?;
+        ])))
+    })?;
     eprintln!("\nconformance passed in {:.0?}", started.elapsed());
     Ok(())
 }
