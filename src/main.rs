@@ -314,7 +314,8 @@ fn load_pair(
         None => secret,
     }
     .ok_or("no inputs Secret: give --inputs, or put the Secret in the -f file")?;
-    Ok((pc, Inputs::from_secret(&secret)))
+    let inputs = Inputs::from_secret(&secret).with_public_roles(&pc.spec.inputs.keys);
+    Ok((pc, inputs))
 }
 
 async fn check(args: CheckArgs) -> std::process::ExitCode {

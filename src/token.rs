@@ -43,11 +43,16 @@ pub fn fingerprint(bytes: &[u8]) -> String {
 
 /// The values of the inputs Secret, by key. Values that are not UTF-8 text are left out (and
 /// named by [`Inputs::not_text`]): sent mangled, they would fail in ways no one can debug.
+///
+/// Every value is secret (redacted from every message) unless its key holds a role that is not:
+/// the client id, the username and the redirect URI, by [`Inputs::with_public_roles`].
+/// Masking those would make messages useless (`https://[redacted].example`).
 #[derive(Clone, Debug, Default)]
-pub struct Inputs(
-    BTreeMap<String, SecretValue>,
-    std::collections::BTreeSet<String>,
-);
+pub struct Inputs {
+    values: BTreeMap<String, SecretValue>,
+    not_text: std::collections::BTreeSet<String>,
+    public: std::collections::BTreeSet<String>,
+}
 
 /// What is wrong with an input a request needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +64,31 @@ pub enum InputProblem {
 
 impl Inputs {
     pub fn new(values: BTreeMap<String, SecretValue>) -> Self {
-        Self(values, Default::default())
+        Self {
+            values,
+            ..Default::default()
+        }
+    }
+    /// Marks the keys that hold the client id, the username and the redirect URI (as `keys`
+    /// names them) as not secret: they are left in messages. Every other key stays secret.
+    pub fn with_public_roles(mut self, keys: &crate::crd::InputKeys) -> Self {
+        use crate::crd::InputRole;
+        self.public = [
+            InputRole::ClientId,
+            InputRole::Username,
+            InputRole::RedirectUri,
+        ]
+        .into_iter()
+        .map(|role| keys.key(role).to_string())
+        .collect();
+        self
+    }
+    /// The values of keys that are secret (all but the public roles).
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretValue> {
+        self.values
+            .iter()
+            .filter(|(k, _)| !self.public.contains(k.as_str()))
+            .map(|(_, v)| v)
     }
     /// The values of a Secret (`data`, and `stringData` as a manifest may carry it).
     pub fn from_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Self {
@@ -79,17 +108,21 @@ impl Inputs {
             values.insert(k.clone(), SecretValue::new(v.clone()));
             not_text.remove(k);
         }
-        Self(values, not_text)
+        Self {
+            values,
+            not_text,
+            public: Default::default(),
+        }
     }
     pub fn get(&self, key: &str) -> Option<&SecretValue> {
-        self.0.get(key)
+        self.values.get(key)
     }
     /// The value of `key` when it is present, text and not empty.
     pub fn require(&self, key: &str) -> Result<&SecretValue, InputProblem> {
-        if self.1.contains(key) {
+        if self.not_text.contains(key) {
             return Err(InputProblem::NotText);
         }
-        match self.0.get(key) {
+        match self.values.get(key) {
             None => Err(InputProblem::Missing),
             Some(v) if v.expose().is_empty() => Err(InputProblem::Empty),
             Some(v) => Ok(v),
@@ -97,17 +130,17 @@ impl Inputs {
     }
     /// Keys whose values are not UTF-8 text.
     pub fn not_text(&self) -> impl Iterator<Item = &String> {
-        self.1.iter()
+        self.not_text.iter()
     }
     pub fn iter(&self) -> impl Iterator<Item = (&String, &SecretValue)> {
-        self.0.iter()
+        self.values.iter()
     }
-    /// Replaces every input value of four or more characters found in `text`, in every
+    /// Replaces every secret input value of four or more characters found in `text`, in every
     /// encoding it may travel in, by `[redacted]`. A provider's error text may echo what it was
     /// sent; this keeps it out of messages.
     pub fn redact(&self, text: &str) -> String {
         let mut r = Redactor::default();
-        r.add_all(self.0.values());
+        r.add_all(self.secrets());
         r.redact(text)
     }
 }
@@ -174,11 +207,10 @@ impl Redactor {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Inputs {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
-        Self(
+        Self::new(
             iter.into_iter()
                 .map(|(k, v)| (k.into(), SecretValue::new(v)))
                 .collect(),
-            Default::default(),
         )
     }
 }
@@ -253,6 +285,34 @@ mod tests {
         assert_eq!(
             inputs.redact("bad password hunter22 for ab"),
             "bad password [redacted] for ab"
+        );
+    }
+
+    /// Issue 8: redaction is per role. The client id, username and redirect URI (by the spec's
+    /// key names) stay readable; every other key, known or not, is secret.
+    #[test]
+    fn redaction_is_per_input_role() {
+        let inputs: Inputs = [
+            ("app", "client-echo-id"),
+            ("client_id", "not-the-client-id"),
+            ("username", "bob@example.com"),
+            ("redirect_uri", "https://cb.example/x"),
+            ("client_secret", "s3cret-value"),
+            ("extra", "custom-key-value"),
+        ]
+        .into_iter()
+        .collect();
+        let text = "client-echo-id not-the-client-id bob@example.com https://cb.example/x s3cret-value custom-key-value";
+        // no roles known: everything is secret
+        assert_eq!(inputs.redact(text).matches("[redacted]").count(), 6);
+        let keys = crate::crd::InputKeys {
+            client_id: Some("app".into()),
+            ..Default::default()
+        };
+        let inputs = inputs.with_public_roles(&keys);
+        assert_eq!(
+            inputs.redact(text),
+            "client-echo-id [redacted] bob@example.com https://cb.example/x [redacted] [redacted]"
         );
     }
 

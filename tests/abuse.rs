@@ -3,9 +3,6 @@
 //! condition with a specific reason and a message a person can act on); a leak scan of the logs
 //! (text and JSON), Events, statuses and `tokensync check` output for every planted secret in
 //! every encoding; and healthy credentials that keep renewing while the broken ones fail.
-//!
-//! Cases the engine does not answer as the issue asks yet are marked `pending`: they print
-//! `PENDING (known gap)` instead of failing, and `PASS (was pending)` once they hold.
 
 mod common;
 
@@ -301,7 +298,6 @@ struct Case {
     class: &'static str,
     what: What,
     expect: Expect,
-    pending: bool,
 }
 
 fn merge(into: &mut Value, patch: &Value) {
@@ -331,7 +327,6 @@ fn refused(class: &'static str, name: &str, patch: Value, fields: &'static [&'st
         class,
         what: What::Admission { patch, name: None },
         expect: Expect::Refused(fields),
-        pending: false,
     }
 }
 
@@ -357,7 +352,6 @@ fn condition(
             needles,
             not: None,
         },
-        pending: false,
     }
 }
 
@@ -365,10 +359,6 @@ impl Case {
     /// The token is kept with a Warning instead of the condition.
     fn kept_with_warning(mut self, reason: &'static str, needles: &'static [&'static str]) -> Self {
         self.expect = Expect::KeptWithWarning { reason, needles };
-        self
-    }
-    fn pending(mut self) -> Self {
-        self.pending = true;
         self
     }
     fn not(mut self, text: &'static str) -> Self {
@@ -643,7 +633,6 @@ fn admission_cases() -> Vec<Case> {
                 name: Some("n".repeat(238)),
             },
             expect: Expect::Refused(&["metadata.name"]),
-            pending: false,
         },
         refused(
             c,
@@ -720,9 +709,9 @@ fn runtime_cases() -> Vec<Case> {
         condition(i, "inputs-empty-client-secret", oauth2(json!({})), Inputs::Override(vec![("client_secret", Some(vec![]))]), None,
             &[], &["client_secret", "empty"]),
         condition(i, "inputs-empty-password", json_login(json!({})), Inputs::Override(vec![("password", Some(vec![]))]), None,
-            &[], &["password", "empty"]).pending(),
+            &["InvalidInputs"], &["password", "empty", "spec.http.login"]),
         condition(i, "inputs-binary-password", json_login(json!({})), Inputs::Override(vec![("password", Some(binary_value()))]), None,
-            &[], &["password", "UTF-8"]).pending(),
+            &["InvalidInputs"], &["password", "UTF-8", "spec.http.login"]),
         condition(i, "inputs-huge-password", json_login(json!({})), Inputs::Override(vec![("password", Some(huge_value().into_bytes()))]), None,
             &["Unauthorized"], &["401"]),
         condition(i, "inputs-not-opted-in", oauth2(json!({})), Inputs::Unlabeled, None,
@@ -732,7 +721,7 @@ fn runtime_cases() -> Vec<Case> {
             &["TokenRequestFailed"], &["HTTP 400", "/oauth/token"]),
         // client_id is not secret: masking it makes the message useless (issue 8)
         condition(v, "echo-id", oauth2(json!({"oauth2": {"tokenUrl": "ECHO/oauth/token"}})), Inputs::Planted, None,
-            &["TokenRequestFailed"], &["client_id=client-echo-id"]).pending(),
+            &["TokenRequestFailed"], &["client_id=client-echo-id"]),
         condition(v, "vendor-500", json_login(json!({})), Inputs::Valid, Some(|s| s.set_fault(Vendor::JsonLogin, Fault::Status(500))),
             &["TokenRequestFailed"], &["HTTP 500"]),
         condition(v, "vendor-401", oauth2(json!({})), Inputs::Valid, Some(|s| s.set_fault(Vendor::AltitudeAngel, Fault::Status(401))),
@@ -753,7 +742,7 @@ fn runtime_cases() -> Vec<Case> {
             &["InvalidTokenResponse", "SecretWriteFailed"], &["larger than"]),
         condition(v, "vendor-token-crlf", mapping(json!({"token": "/expiresAt", "expiry": null})), Inputs::Valid,
             Some(|s| s.set_expires_at_override(Vendor::JsonLogin, Some(json!(CRLF_TOKEN)))),
-            &["InvalidTokenResponse"], &["control characters", "/expiresAt"]).pending(),
+            &["InvalidTokenResponse"], &["control characters", "/expiresAt"]),
         // the token type is written into templated keys as the token is: a gap this suite found
         // (not listed in issue 8), now refused like the token
         condition(v, "vendor-token-type-crlf", mapping(json!({"tokenType": "/expiresAt", "expiry": null})), Inputs::Valid,
@@ -785,7 +774,8 @@ fn runtime_cases() -> Vec<Case> {
             &["InvalidTokenResponse"], &["must live at least 10 s"]),
         condition(v, "vendor-epoch-999999999999", mapping(json!({"expiry": {"pointer": "/expiresAt", "format": "epochSeconds"}})), Inputs::Valid,
             Some(|s| s.set_expires_at_override(Vendor::JsonLogin, Some(json!(999_999_999_999u64)))),
-            &["InvalidTokenResponse"], &["999999999999"]).not("is not epoch seconds").pending(),
+            &["InvalidTokenResponse"], &["999999999999"])
+            .kept_with_warning("ExpiryUnreadable", &["999999999999 epoch seconds is outside the years", "epochMillis"]),
         condition(v, "vendor-expiry-unknown-format", mapping(json!({"expiry": {"pointer": "/expiresAt", "format": "rfc3339"}})), Inputs::Valid,
             Some(|s| s.set_expires_at_override(Vendor::JsonLogin, Some(json!("next tuesday")))),
             &["InvalidTokenResponse"], &["/expiresAt", "RFC 3339"]).kept_with_warning("ExpiryUnreadable", &["/expiresAt"]),
@@ -1362,17 +1352,15 @@ async fn abuse_suite() {
             file,
             &["exit Some(1)", "userinfo"][..],
             None,
-            false,
         ),
         (
             "check-duration-overflow",
             overflow,
             &["exit Some(1)", "spec.refresh.renewBefore", "3650d"][..],
             Some("must precede"),
-            false,
         ),
     ];
-    for (name, file, needles, not, pending) in probes {
+    for (name, file, needles, not) in probes {
         let out = check(&file, None).await;
         let expect = Expect::CheckRefused {
             needles: needles.to_vec().leak(),
@@ -1391,7 +1379,6 @@ async fn abuse_suite() {
                     name: None,
                 },
                 expect,
-                pending,
             },
             answer: out.replace('\n', " "),
             ok,
@@ -1539,15 +1526,9 @@ async fn abuse_suite() {
         "{:<32} {:<18} {:<26} answer",
         "case", "class", "verdict"
     );
-    let (mut failed, mut pending, mut by_class) =
-        (vec![], vec![], BTreeMap::<(&str, &str), usize>::new());
+    let (mut failed, mut by_class) = (vec![], BTreeMap::<(&str, &str), usize>::new());
     for v in &verdicts {
-        let verdict = match (v.ok, v.case.pending) {
-            (true, false) => "PASS",
-            (true, true) => "PASS (was pending)",
-            (false, true) => "PENDING (known gap)",
-            (false, false) => "FAIL",
-        };
+        let verdict = if v.ok { "PASS" } else { "FAIL" };
         let kind = match v.case.expect {
             Expect::Refused(_) => "admission",
             Expect::Condition { .. } => "condition",
@@ -1555,10 +1536,7 @@ async fn abuse_suite() {
             Expect::CheckRefused { .. } => "check refusal",
         };
         *by_class.entry((v.case.class, kind)).or_default() += 1;
-        if !v.ok && v.case.pending {
-            pending.push(v.case.name.clone());
-        }
-        if !v.ok && !v.case.pending {
+        if !v.ok {
             failed.push(format!(
                 "{}: expected {:?}, got {}",
                 v.case.name, v.case.expect, v.answer
@@ -1575,11 +1553,6 @@ async fn abuse_suite() {
     for f in &findings {
         let _ = writeln!(report, "FINDING: {f}");
     }
-    let _ = writeln!(
-        report,
-        "pending (known gaps): {} {pending:?}",
-        pending.len()
-    );
     let _ = writeln!(
         report,
         "leak scan: {} planted values x {} encodings over {} texts ({} statuses, {} events, {} check runs, text and JSON logs of {} bytes): {} leaks",

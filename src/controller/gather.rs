@@ -109,7 +109,9 @@ pub async fn gather(
         source,
         output,
         inputs_opted_in: opted_in,
-        inputs: inputs_secret.as_ref().map(Inputs::from_secret),
+        inputs: inputs_secret
+            .as_ref()
+            .map(|s| Inputs::from_secret(s).with_public_roles(&pc.spec.inputs.keys)),
         state_secret,
         upstream,
         http,

@@ -542,7 +542,7 @@ pub fn on_error(snap: &Snapshot, attempt: Attempt, error: &ProviderError) -> Aft
 pub fn redact(snap: &Snapshot, state: &State, text: &str) -> String {
     let mut r = Redactor::default();
     if let Some(inputs) = &snap.inputs {
-        r.add_all(inputs.iter().map(|(_, v)| v));
+        r.add_all(inputs.secrets());
     }
     r.add_all(state.token.iter().chain(state.refresh_token.iter()));
     r.add_all(state.pending.iter().map(|p| &p.token));

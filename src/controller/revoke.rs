@@ -136,7 +136,7 @@ impl Reconcile<'_> {
             .get_opt(&self.pc.spec.inputs.secret_name)
             .await?
         {
-            Some(s) => Inputs::from_secret(&s),
+            Some(s) => Inputs::from_secret(&s).with_public_roles(&self.pc.spec.inputs.keys),
             None => Inputs::default(),
         };
         let upstream = super::gather::upstream(&self.ctx.client, &self.secrets, &self.pc)

@@ -19,7 +19,7 @@ use crate::crd::{
     ExpiryFormat, ExpiryMapping, HttpMethod, HttpRequestSpec, HttpSpec, ResponseMapping,
 };
 use crate::renewal::parse_duration;
-use crate::token::{SecretValue, Token};
+use crate::token::{InputProblem, Inputs, SecretValue, Token};
 
 /// The largest response body read; a bigger one is refused.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -179,6 +179,67 @@ impl std::fmt::Debug for Rendered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?} {}", self.method, super::shown_url(&self.url))
     }
+}
+
+/// Every template string of a request: the URL, header values, form values and JSON strings.
+fn templates(spec: &HttpRequestSpec) -> Vec<&str> {
+    fn json<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::String(t) => out.push(t),
+            Value::Array(items) => items.iter().for_each(|x| json(x, out)),
+            Value::Object(map) => map.values().for_each(|x| json(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = vec![spec.url.as_str()];
+    out.extend(spec.headers.values().map(String::as_str));
+    out.extend(spec.form.iter().flatten().map(|(_, t)| t.as_str()));
+    if let Some(j) = &spec.json {
+        json(j, &mut out);
+    }
+    out
+}
+
+/// The inputs a request's templates use (`inputs.KEY`) must be present, text and not empty:
+/// an empty or binary value would be sent as-is or mangled. Checked before anything is sent,
+/// naming the key (never the value).
+pub fn check_inputs(
+    field: &'static str,
+    spec: &HttpRequestSpec,
+    inputs: &Inputs,
+) -> Result<(), ProviderError> {
+    let env = env(false);
+    let mut keys = std::collections::BTreeSet::new();
+    for t in templates(spec) {
+        // a template that does not parse is answered when it is rendered
+        let Ok(tmpl) = env.template_from_str(t) else {
+            continue;
+        };
+        for var in tmpl.undeclared_variables(true) {
+            if let Some(key) = var.strip_prefix("inputs.") {
+                keys.insert(key.split('.').next().unwrap_or(key).to_string());
+            }
+        }
+    }
+    for key in keys {
+        let problem = match inputs.require(&key) {
+            Ok(_) => continue,
+            Err(InputProblem::Missing) => {
+                return Err(ProviderError::MissingInput {
+                    key,
+                    purpose: field,
+                });
+            }
+            Err(InputProblem::Empty) => "is empty",
+            Err(InputProblem::NotText) => "is not UTF-8 text (binary values are not sent)",
+        };
+        return Err(ProviderError::BadInput {
+            key,
+            problem,
+            purpose: field,
+        });
+    }
+    Ok(())
 }
 
 /// Render one request spec (pure: no I/O).
@@ -385,6 +446,13 @@ pub fn expiry(
             mapping.pointer.as_deref().unwrap_or("the token")
         ),
     };
+    let out_of_range = |what: &str, hint: &str| ProviderError::BadResponse {
+        url: url.into(),
+        reason: format!(
+            "{}: {what} is outside the years -9999..9999{hint}",
+            mapping.pointer.as_deref().unwrap_or("the token")
+        ),
+    };
     let value = match &mapping.pointer {
         Some(p) => lookup(body, p, url)?.clone(),
         None => Value::String(token.to_string()),
@@ -395,12 +463,22 @@ pub fn expiry(
         ExpiryFormat::Seconds => seconds_value(&value)
             .map(|s| crate::renewal::add_secs(now, s))
             .ok_or_else(|| bad("a number of seconds"))?,
-        ExpiryFormat::EpochSeconds => seconds_value(&value)
-            .and_then(|s| Timestamp::from_second(s).ok())
-            .ok_or_else(|| bad("epoch seconds"))?,
-        ExpiryFormat::EpochMillis => seconds_value(&value)
-            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            .ok_or_else(|| bad("epoch milliseconds"))?,
+        ExpiryFormat::EpochSeconds => {
+            let s = seconds_value(&value).ok_or_else(|| bad("epoch seconds"))?;
+            Timestamp::from_second(s).map_err(|_| {
+                let hint = if Timestamp::from_millisecond(s).is_ok() {
+                    "; if it counts milliseconds, set format: epochMillis"
+                } else {
+                    ""
+                };
+                out_of_range(&format!("{s} epoch seconds"), hint)
+            })?
+        }
+        ExpiryFormat::EpochMillis => {
+            let ms = seconds_value(&value).ok_or_else(|| bad("epoch milliseconds"))?;
+            Timestamp::from_millisecond(ms)
+                .map_err(|_| out_of_range(&format!("{ms} epoch milliseconds"), ""))?
+        }
         ExpiryFormat::Rfc3339 => value
             .as_str()
             .and_then(|s| s.parse::<Timestamp>().ok())
@@ -438,6 +516,7 @@ pub fn map_response(
                 url: url.into(),
                 reason: format!("{} is not a non-empty string", mapping.token),
             })?;
+    super::refuse_control_characters(&token, &mapping.token, url)?;
     let mut warnings = Vec::new();
     let unmapped = || jwt_exp(&token).or_else(|| requested.map(|d| crate::renewal::add(now, d)));
     let expires_at = match &mapping.expiry {
@@ -475,10 +554,13 @@ pub fn map_response(
         _ => None,
     };
     let token_type = match &mapping.token_type {
-        Some(p) => body
-            .pointer(p)
-            .and_then(text)
-            .unwrap_or_else(|| "Bearer".into()),
+        Some(p) => match body.pointer(p).and_then(text) {
+            Some(t) => {
+                super::refuse_control_characters(&t, p, url)?;
+                t
+            }
+            None => "Bearer".into(),
+        },
         None => "Bearer".into(),
     };
     let kept = mapping
@@ -533,6 +615,7 @@ pub async fn fetch(
             ("spec.http.refresh", refresh, mapping, vars)
         }
     };
+    check_inputs(field, request, req.inputs)?;
     let ctx = context(req, spec, &vars)?;
     let rendered = render_request(field, request, &ctx, req.egress)?;
     let url = super::shown_url(&rendered.url);
@@ -556,6 +639,7 @@ pub async fn revoke(
     let Some(revoke) = &spec.revoke else {
         return Ok(false);
     };
+    check_inputs("spec.http.revoke", revoke, req.inputs)?;
     let ctx = context(req, spec, vars)?;
     let rendered = render_request("spec.http.revoke", revoke, &ctx, req.egress)?;
     match send(http, rendered, req.timeout).await {
@@ -660,6 +744,51 @@ requestedLifetime: 8d
     }
 
     #[test]
+    fn inputs_used_by_templates_must_be_text_and_not_empty() {
+        let http = spec(
+            r#"login: {url: 'https://x.example/{{ inputs.user }}', headers: {X-A: '{{ inputs["odd key"] }}'},
+                       json: {nested: [{pw: '{{ inputs.pw | b64encode }}'}]}}"#,
+        );
+        let secret = |pw: &[u8]| k8s_openapi::api::core::v1::Secret {
+            data: Some(
+                [
+                    ("user", b"bob".to_vec()),
+                    ("pw", pw.to_vec()),
+                    ("unused", vec![]),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v)))
+                .collect(),
+            ),
+            ..Default::default()
+        };
+        let check = |pw: &[u8]| {
+            check_inputs(
+                "spec.http.login",
+                &http.login,
+                &Inputs::from_secret(&secret(pw)),
+            )
+            .map_err(|e| e.to_string())
+        };
+        // an unused empty key is no problem; a used one is, named with the request
+        assert_eq!(check(b"hunter22"), Ok(()));
+        assert_eq!(
+            check(b""),
+            Err(r#"key "pw" of the inputs Secret is empty (needed for spec.http.login)"#.into())
+        );
+        let err = check(&[0xff, 0xfe, b'x']).unwrap_err();
+        assert!(
+            err.contains(r#"key "pw""#) && err.contains("UTF-8"),
+            "{err}"
+        );
+        let no_pw = Inputs::from_iter([("user", "bob")]);
+        assert!(matches!(
+            check_inputs("spec.http.login", &http.login, &no_pw),
+            Err(ProviderError::MissingInput { ref key, .. }) if key == "pw"
+        ));
+    }
+
+    #[test]
     fn unknown_template_variable_names_the_field() {
         let http = spec("login: {url: 'https://x.example/', form: {user: '{{ inputs.nope }}'}}");
         let pc = full(http.clone());
@@ -698,6 +827,24 @@ requestedLifetime: 8d
         let err = expiry(&body, "tok", &m("/r", ExpiryFormat::EpochMillis), t(0), "u").unwrap_err();
         assert!(
             err.to_string().contains("/r is not epoch milliseconds"),
+            "{err}"
+        );
+        // issue 8: a number beyond the calendar is named as such, not "not epoch seconds"
+        let big = json!({"e": 999_999_999_999u64, "m": i64::MAX});
+        let err = expiry(&big, "tok", &m("/e", ExpiryFormat::EpochSeconds), t(0), "u")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/e: 999999999999 epoch seconds is outside the years")
+                && err.contains("set format: epochMillis")
+                && !err.contains("is not epoch seconds"),
+            "{err}"
+        );
+        let err = expiry(&big, "tok", &m("/m", ExpiryFormat::EpochMillis), t(0), "u")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("epoch milliseconds is outside the years"),
             "{err}"
         );
     }
@@ -822,6 +969,24 @@ requestedLifetime: 8d
         // but no token is still an error
         let err = map_response(&json!({"expires_at": 5}), &auto, requested, t(0), "u").unwrap_err();
         assert!(err.to_string().contains("no field at /token"), "{err}");
+    }
+
+    /// Issue 8: a token or token type with control characters is refused, naming the field.
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        let mapping: ResponseMapping =
+            serde_saphyr::from_str("{token: /data/tok, tokenType: /kind}").unwrap();
+        let err = |body: Value| {
+            map_response(&body, &mapping, None, t(0), "u")
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(json!({"data": {"tok": "abc\r\nX-Injected: evil"}, "kind": "Bearer"}));
+        assert!(e.contains("/data/tok holds control characters"), "{e}");
+        assert!(!e.contains("X-Injected"), "{e}");
+        let e = err(json!({"data": {"tok": "abc"}, "kind": "Bearer\nX: y"}));
+        assert!(e.contains("/kind holds control characters"), "{e}");
     }
 
     #[test]

@@ -315,6 +315,24 @@ pub struct Fetched {
     pub warnings: Vec<String>,
 }
 
+/// A token or token type holding control characters would put a header-injection line into
+/// every templated key: refused, naming the response field (never the value).
+pub(crate) fn refuse_control_characters(
+    value: &str,
+    field: &str,
+    url: &str,
+) -> Result<(), ProviderError> {
+    if value.chars().any(char::is_control) {
+        return Err(ProviderError::BadResponse {
+            url: url.into(),
+            reason: format!(
+                "{field} holds control characters (a header injection); the token is not written"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Fetch one token as the spec says, reading OIDC discovery documents through `discovery`.
 pub async fn fetch_with(
     http: &reqwest::Client,

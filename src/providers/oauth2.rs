@@ -426,6 +426,10 @@ async fn request_token(
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no access_token in the response"))?;
+    super::refuse_control_characters(&access_token, "access_token", &url_text)?;
+    if let Some(t) = &parsed.token_type {
+        super::refuse_control_characters(t, "token_type", &url_text)?;
+    }
     // lifetimes count from when the answer arrived, not from when the request started
     let now = crate::renewal::now();
     let mut warnings = Vec::new();
