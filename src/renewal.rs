@@ -123,6 +123,31 @@ impl Policy {
     }
 }
 
+/// The largest share of a token's renewal span (issue to renewal) that jitter takes off.
+pub const JITTER_PERCENT: i64 = 10;
+
+/// Move `renew_at` earlier by a pseudo-random share (up to [`JITTER_PERCENT`]) of the span from
+/// `issued_at`, chosen by `seed`: credentials issued together (a cold start, a restore) then
+/// spread their renewals instead of renewing in one burst. Never later than the policy says,
+/// never sooner than [`MIN_RENEW_INTERVAL`] after the issue.
+pub fn jitter(renew_at: Timestamp, issued_at: Timestamp, seed: u64) -> Timestamp {
+    let span = renew_at.duration_since(issued_at).as_secs().max(0);
+    let most = span.saturating_mul(JITTER_PERCENT) / 100;
+    if most <= 0 {
+        return renew_at;
+    }
+    // SplitMix64's finaliser: every bit of the seed moves the share
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let off = i64::try_from(z % (most as u64 + 1)).unwrap_or(0);
+    let floor = add(issued_at, MIN_RENEW_INTERVAL);
+    add(renew_at, SignedDuration::from_secs(-off))
+        .max(floor)
+        .min(renew_at)
+}
+
 /// Truncate to whole seconds, so a requeue at `t` and the check `now >= t` agree.
 fn truncate(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
@@ -465,6 +490,27 @@ mod tests {
 
     fn renew(why: Reason, grant: GrantChoice) -> Decision {
         Decision::Renew { why, grant }
+    }
+
+    /// Issue 11: jitter spreads renewals of tokens issued together, only ever earlier, by at
+    /// most a tenth of the span, never under the floor.
+    #[test]
+    fn jitter_spreads_renewals_earlier_only() {
+        let renew = t(800);
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..1000u64 {
+            let at = jitter(renew, t(0), seed);
+            assert!(at <= renew && at >= t(720), "{seed}: {at}");
+            seen.insert(at);
+        }
+        // 81 possible seconds, nearly all used
+        assert!(seen.len() > 70, "{}", seen.len());
+        // deterministic
+        assert_eq!(jitter(renew, t(0), 42), jitter(renew, t(0), 42));
+        // a short span: the floor holds; absurd instants do not panic
+        assert_eq!(jitter(t(5), t(0), 7), t(5));
+        assert!(jitter(Timestamp::MAX, t(0), 7) <= Timestamp::MAX);
+        assert_eq!(jitter(t(0), t(100), 7), t(0));
     }
 
     #[test]

@@ -308,7 +308,8 @@ async fn status_of_an_http_credential_shows_its_upstream_template_inputs_and_ca(
         &[
             "Upstream: ProviderCredential \"dronetag\": Ready=True (TokenIssued), its token expires ",
             "keys                   expires_at, header, token",
-            "refresh token          absent (spec.http has no refresh request)",
+            // no refresh token, nothing to revoke, no dependent: no state (issue 11)
+            "State: Secret \"dronetag-pat-tokensync-state\"\n  none: nothing to keep yet",
             "via the login request",
         ],
     );

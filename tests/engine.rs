@@ -181,14 +181,17 @@ async fn two_credentials_never_share_an_output_secret() {
     ns.delete().await;
 }
 
-/// The execute step writes the state Secret before the output Secret: every token the output
-/// held was in the state Secret at an earlier resourceVersion.
+/// The execute step writes the state Secret before the output Secret whenever it changes: every
+/// rotated refresh token Dronetag issued is stored (at an earlier resourceVersion) before the
+/// output Secret gets the access token that came with it. The state does not hold the access
+/// token itself (nothing revokes it and no credential reads it as upstream; issue 11).
 #[tokio::test]
 async fn the_state_is_written_before_the_output() {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let (client, ns, fakes) = setup("order").await;
     fakes.state.set_lifetime(Vendor::Dronetag, 12);
+    // (resourceVersion, "state" | "output", refresh token | access token)
     let seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, String, String)>>> = Default::default();
     let sink = seen.clone();
     let api = ns.api::<Secret>();
@@ -202,13 +205,17 @@ async fn the_state_is_written_before_the_output() {
                 .unwrap_or_default()
                 .parse()
                 .unwrap_or(0);
-            let key = if s.name_any().ends_with("-tokensync-state") {
-                "state"
-            } else {
-                "output"
-            };
-            if let Some(token) = secret_text(&s, "token") {
-                sink.lock().unwrap().push((rv, key.to_string(), token));
+            let mut sink = sink.lock().unwrap();
+            if s.name_any().ends_with("-tokensync-state") {
+                assert!(
+                    secret_text(&s, "token").is_none(),
+                    "the access token went to the state Secret"
+                );
+                if let Some(rt) = secret_text(&s, "refresh_token") {
+                    sink.push((rv, "state".into(), rt));
+                }
+            } else if let Some(token) = secret_text(&s, "token") {
+                sink.push((rv, "output".into(), token));
             }
         }
     });
@@ -219,18 +226,23 @@ async fn the_state_is_written_before_the_output() {
     operator.stop().await;
     watch.abort();
     let seen = seen.lock().unwrap().clone();
-    let outputs: Vec<_> = seen.iter().filter(|s| s.1 == "output").collect();
+    let outputs: Vec<u64> = seen
+        .iter()
+        .filter(|s| s.1 == "output")
+        .map(|s| s.0)
+        .collect();
     assert!(outputs.len() >= 3, "{} output writes", outputs.len());
-    for (rv, _, token) in outputs {
-        let first_state = seen
+    // each access token came with a new refresh token: the state was written before it
+    let mut previous = 0;
+    for rv in outputs {
+        let state_between = seen
             .iter()
-            .filter(|s| s.1 == "state" && &s.2 == token)
-            .map(|s| s.0)
-            .min();
+            .any(|s| s.1 == "state" && s.0 > previous && s.0 < rv);
         assert!(
-            first_state.is_some_and(|s| s < *rv),
-            "a token reached the output Secret (rv {rv}) before the state Secret ({first_state:?})"
+            state_between,
+            "the output Secret (rv {rv}) was written without the rotated refresh token stored first: {seen:?}"
         );
+        previous = rv;
     }
     ns.delete().await;
 }

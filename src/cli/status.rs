@@ -867,7 +867,10 @@ fn state_section(out: &mut String, s: &Snapshot, spec: &ProviderCredentialSpec) 
                 st.used_inputs.len()
             );
         }
-        Lookup::NotFound => line!(out, "  none yet (written with the first token)"),
+        Lookup::NotFound => line!(
+            out,
+            "  none: nothing to keep yet (written once there is a refresh token, a token to revoke or one another credential reads)"
+        ),
         Lookup::Failed(e) => line!(out, "  cannot read it: {}", clean(e)),
     }
 }

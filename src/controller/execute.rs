@@ -170,7 +170,11 @@ impl Reconcile<'_> {
         if let Some(state) = &writes.state {
             self.apply_state(state).await?;
         }
-        if let Err(failed) = self.write_output(&writes).await? {
+        if let Err(mut failed) = self.write_output(&writes).await? {
+            // the token the provider issued is kept, to be written out once the Secret can be
+            failed.state = failed
+                .state
+                .or_else(|| writes.keep_on_failure.clone().map(Box::new));
             return self.fail(snap, failed).await;
         }
         self.write_status(writes.status).await?;

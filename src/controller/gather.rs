@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub upstream: Option<Result<Upstream, (Reason, String)>>,
     /// The HTTP client for this credential (trusting its CA bundle), or why there is none.
     pub http: Result<reqwest::Client, (Reason, String)>,
+    /// Another credential names this one as its upstream (and reads its token from the state).
+    pub upstream_of_others: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -115,6 +117,9 @@ pub async fn gather(
         state_secret,
         upstream,
         http,
+        upstream_of_others: ctx
+            .dependents
+            .is_upstream(&pc.namespace().unwrap_or_default(), &pc.name_any()),
         pc,
     })
 }

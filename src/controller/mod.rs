@@ -2,6 +2,7 @@
 
 mod execute;
 mod gather;
+mod index;
 mod output;
 mod plan;
 mod reconcile;
@@ -12,15 +13,15 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
 pub use gather::INPUTS_LABEL;
+pub use index::Dependents;
 pub use output::{MANAGED_BY_LABEL, MANAGER};
 pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
 
@@ -78,6 +79,8 @@ pub struct Context {
     pub slots: Slots,
     /// OIDC discovery documents, cached per issuer.
     pub discovery: providers::Discovery,
+    /// Which credentials depend on which Secret.
+    pub dependents: Dependents,
 }
 
 /// Token requests running at once: new credentials and those whose last attempt failed have a
@@ -118,6 +121,7 @@ impl Context {
             health: Arc::new(Health::new(config.leader_election)),
             slots: Slots::new(config.concurrency),
             discovery: providers::Discovery::default(),
+            dependents: Dependents::default(),
             config,
         })
     }
@@ -188,18 +192,17 @@ where
     }
 }
 
-/// Whether `pc` must be reconciled when the Secret `name` in its namespace changes.
-fn depends_on(pc: &ProviderCredential, name: &str) -> bool {
-    let upstream = pc.spec.http.as_ref().and_then(|h| h.upstream.as_ref());
-    let ca_secret = pc
-        .spec
-        .tls
-        .as_ref()
-        .and_then(|t| t.ca_bundle_secret.as_ref());
-    pc.spec.inputs.secret_name == name
-        || pc.spec.output.secret_name == name
-        || ca_secret.is_some_and(|c| c.name == name)
-        || upstream.is_some_and(|u| state::owner_name(name) == Some(u.provider_credential.as_str()))
+/// Secrets listed per page when the Secret watch (re)lists: a page is held whole while it is
+/// read, and a Secret's metadata can be as large as its data (client-side `kubectl apply` keeps
+/// a copy in an annotation), so pages stay small.
+const SECRET_PAGE: u32 = 50;
+
+/// What the controller keeps of a ProviderCredential: not its managed fields nor a client-side
+/// apply's copy of the whole object.
+fn trim(pc: &mut ProviderCredential) {
+    pc.metadata.managed_fields = None;
+    pc.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// Run the controllers (one per watched namespace, or one for all) until `shutdown` resolves.
@@ -229,8 +232,22 @@ async fn run_one(
 ) {
     let pcreds: Api<ProviderCredential> = api(&ctx.client, ns.as_deref());
     let secrets: Api<PartialObjectMeta<Secret>> = api(&ctx.client, ns.as_deref());
-    let controller = Controller::new(pcreds, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // credentials that just became another's upstream are reconciled at once (see Dependents)
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let (store, writer) = reflector::store();
+    let index_ctx = ctx.clone();
+    let scope = ns.clone();
+    let credentials = watcher(pcreds, watcher::Config::default().any_semantic())
+        .modify(trim)
+        .map_ok(move |event| {
+            for upstream in index_ctx.dependents.observe(scope.as_deref(), &event) {
+                let _ = wake.unbounded_send(upstream);
+            }
+            event
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(credentials, store.clone()).reconcile_on(woken);
     let _store_guard = ctx.metrics.watch_store(store.clone());
     let health = ctx.health.clone();
     let synced = store.clone();
@@ -250,21 +267,21 @@ async fn run_one(
     // slots, so that reconciles with nothing to request are never stuck behind slow requests
     let config = kube::runtime::controller::Config::default()
         .concurrency(ctx.config.concurrency.saturating_mul(4));
+    let index_of = ctx.clone();
     controller
         .with_config(config)
-        // One metadata-only watch over Secrets: an output Secret changed or deleted by hand, an
-        // inputs or CA Secret created or changed, or an upstream credential's new token, maps
-        // back to the ProviderCredentials that depend on it.
-        .watches(secrets, watcher::Config::default(), move |secret| {
-            let ns = secret.namespace();
-            let name = secret.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|pc| pc.namespace() == ns && depends_on(pc, &name))
-                .map(|pc| ObjectRef::from_obj(&*pc))
-                .collect::<Vec<_>>()
-        })
+        // One metadata-only watch over Secrets, in small pages: an output Secret changed or
+        // deleted by hand, an inputs or CA Secret created or changed, or an upstream
+        // credential's new token, maps back to the ProviderCredentials that depend on it (a
+        // lookup in the index, not a scan).
+        .watches(
+            secrets,
+            watcher::Config::default().page_size(SECRET_PAGE),
+            move |secret| {
+                let ns = secret.namespace().unwrap_or_default();
+                index_of.dependents.of(&ns, &secret.name_any())
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -295,10 +312,33 @@ spec:
 "#,
         )
         .unwrap();
-        assert!(depends_on(&pc, "dronetag-login"));
-        assert!(depends_on(&pc, "dronetag-pat-token"));
-        assert!(depends_on(&pc, "dronetag-tokensync-state"));
-        assert!(!depends_on(&pc, "dronetag-pat-tokensync-state"));
-        assert!(!depends_on(&pc, "unrelated"));
+        let d = Dependents::default();
+        d.observe(None, &watcher::Event::Apply(pc));
+        let hit = |name: &str| !d.of("ns", name).is_empty();
+        assert!(hit("dronetag-login"));
+        assert!(hit("dronetag-pat-token"));
+        assert!(hit("dronetag-tokensync-state"));
+        assert!(!hit("dronetag-pat-tokensync-state"));
+        assert!(!hit("unrelated"));
+        assert!(!d.of("other-ns", "dronetag-login").iter().any(|_| true));
+    }
+
+    #[test]
+    fn the_kept_credential_drops_what_the_controller_never_reads() {
+        let mut pc: ProviderCredential = serde_saphyr::from_str(
+            r#"
+apiVersion: tokensync.dev/v1alpha1
+kind: ProviderCredential
+metadata:
+  name: x
+  annotations: {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "tokensync.dev/force-refresh": "now"}
+  managedFields: [{manager: kubectl, operation: Apply}]
+spec: {inputs: {secretName: i}, output: {secretName: o}}
+"#,
+        )
+        .unwrap();
+        trim(&mut pc);
+        assert!(pc.metadata.managed_fields.is_none());
+        assert_eq!(pc.annotations().len(), 1);
     }
 }

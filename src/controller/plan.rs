@@ -14,11 +14,14 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
+use sha2::{Digest, Sha256};
 
 use super::gather::Snapshot;
 use super::state::{Pending, State};
 use super::{output, status};
-use crate::crd::{GrantType, InputRole, ProviderCredentialSpec, ProviderCredentialStatus};
+use crate::crd::{
+    GrantType, InputRole, ProviderCredential, ProviderCredentialSpec, ProviderCredentialStatus,
+};
 use crate::providers::{Grant, ProviderError, RefreshVerdict};
 use crate::reason::Reason;
 use crate::renewal::{
@@ -81,6 +84,9 @@ pub struct Attempt {
 #[derive(Debug)]
 pub struct Writes {
     pub state: Option<State>,
+    /// The state to write should the output write fail (it then holds the token), when
+    /// `state` does not hold it already.
+    pub keep_on_failure: Option<State>,
     pub output: Secret,
     /// The resourceVersion of the output Secret in place: it is updated only if unchanged since;
     /// `None`: it is created, and an existing one is never taken over.
@@ -163,7 +169,18 @@ fn try_plan(snap: &Snapshot, now: Timestamp) -> Result<Plan, Failed> {
     if let Some(writes) = restore(snap, &state, &policy, now) {
         return Ok(Plan::Write(Box::new(writes)));
     }
-    let observed = observe(snap, inputs, &state);
+    let mut observed = observe(snap, inputs, &state);
+    // another credential just named this one its upstream: it reads the token from the state
+    // Secret, and the token in place cannot be read back from the output Secret, so a new one
+    // comes now (once: it goes to the state)
+    let fingerprint = snap.output.as_ref().and_then(output::fingerprint);
+    if keeps_token(snap)
+        && state.token.as_ref().map(SecretValue::fingerprint) != fingerprint
+        && let Some(c) = observed.current.as_mut()
+    {
+        let soonest = renewal::add(c.issued_at, renewal::MIN_RENEW_INTERVAL).max(now);
+        c.renew_at = c.renew_at.min(soonest);
+    }
     let (why, grant) = match decide(&observed, now) {
         Decision::Wait(until) => {
             return Ok(Plan::Wait {
@@ -298,6 +315,12 @@ fn restore(snap: &Snapshot, state: &State, policy: &Policy, now: Timestamp) -> O
             .expires_at
             .is_some_and(|e| e <= renewal::add(now, renewal::MIN_TOKEN_LIFETIME))
         || snap.output.as_ref().and_then(output::fingerprint) == Some(value.fingerprint())
+        // a token older than the one in place (kept from a failed write) is never written back
+        || snap
+            .output
+            .as_ref()
+            .and_then(output::current)
+            .is_some_and(|c| c.issued_at >= issued_at)
     {
         return None;
     }
@@ -354,16 +377,71 @@ pub fn on_token(snap: &Snapshot, attempt: &Attempt, mut token: Token) -> Result<
         Reason::TokenRenewed
     };
     let arrived = token.issued_at;
-    writes(
+    let stored = snap
+        .state_secret
+        .as_ref()
+        .map(State::read)
+        .unwrap_or_default();
+    let write_state = (state != stored).then(|| state.clone());
+    // should writing the token out fail, it goes to the state Secret instead of to waste
+    let keep_on_failure = state.token.is_none().then(|| {
+        let mut kept = state.clone();
+        hold_token(&mut kept, snap, &token);
+        kept
+    });
+    match writes(
         snap,
         &attempt.policy,
         &token,
         &state,
-        Some(state.clone()),
+        write_state,
         reason,
         warnings,
         arrived,
-    )
+    ) {
+        Ok(writes) => Ok(Writes {
+            keep_on_failure,
+            ..writes
+        }),
+        Err(failed) => Err(Failed {
+            state: keep_on_failure.map(Box::new).or(failed.state),
+            ..failed
+        }),
+    }
+}
+
+/// A seed for [`renewal::jitter`]: the same for one token of one credential (so a restore
+/// plans the same instant), different across credentials and renewals.
+fn jitter_seed(pc: &ProviderCredential, issued_at: Timestamp) -> u64 {
+    let mut h = Sha256::new();
+    h.update(pc.uid().unwrap_or_default().as_bytes());
+    h.update(pc.name_any().as_bytes());
+    h.update(issued_at.as_second().to_be_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Whether the state Secret holds the current token: when a replaced token must be revoked, or
+/// another credential reads it as its upstream token. Otherwise it is not written there: a
+/// renewal that changes nothing else in the state writes no state at all (the output Secret
+/// and the status: two writes), and the state holds only what cannot be asked for again.
+fn keeps_token(snap: &Snapshot) -> bool {
+    let revocable = snap
+        .pc
+        .spec
+        .http
+        .as_ref()
+        .is_some_and(|h| h.revoke.is_some());
+    revocable || snap.upstream_of_others
+}
+
+/// Put `token` into `state` (to be written out later, or read as an upstream token).
+fn hold_token(state: &mut State, snap: &Snapshot, token: &Token) {
+    state.token = Some(token.value.clone());
+    state.issued_at = Some(token.issued_at);
+    state.source = Some(snap.source.clone());
+    state.token_type = Some(token.token_type.clone());
+    state.expires_at = token.expires_at;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -378,7 +456,11 @@ fn writes(
     now: Timestamp,
 ) -> Result<Writes, Failed> {
     let pc = &snap.pc;
-    let renew_at = policy.renew_at(token.issued_at, token.expires_at);
+    let renew_at = renewal::jitter(
+        policy.renew_at(token.issued_at, token.expires_at),
+        token.issued_at,
+        jitter_seed(pc, token.issued_at),
+    );
     let current = Current {
         issued_at: token.issued_at,
         expires_at: token.expires_at,
@@ -447,6 +529,7 @@ fn writes(
     }
     Ok(Writes {
         state: write_state,
+        keep_on_failure: None,
         output,
         output_version: snap
             .output
@@ -569,11 +652,18 @@ fn record(snap: &Snapshot, state: &mut State, token: &Token, grant: &Grant, inpu
             next_at: token.issued_at,
         });
     }
-    state.token = Some(token.value.clone());
-    state.issued_at = Some(token.issued_at);
-    state.source = Some(snap.source.clone());
-    state.token_type = Some(token.token_type.clone());
-    state.expires_at = token.expires_at;
+    // a token bought with a one-time input is stored with the input's use (that write happens
+    // anyway): lost between the two writes, it could not be asked for again
+    let spent_one_time = matches!(grant, Grant::Primary) && one_time_input(spec, inputs).is_some();
+    if keeps_token(snap) || spent_one_time {
+        hold_token(state, snap, token);
+    } else {
+        state.token = None;
+        state.issued_at = None;
+        state.source = None;
+        state.token_type = None;
+        state.expires_at = None;
+    }
     state.kept = token.kept.clone();
     match (&token.refresh_token, grant) {
         (Some(rt), _) => {

@@ -140,6 +140,7 @@ impl<'a> Reconcile<'a> {
             state_secret: None,
             upstream: None,
             http: Err((Reason::InternalError, String::new())),
+            upstream_of_others: false,
         };
         self.fail(&snap, failed).await
     }
