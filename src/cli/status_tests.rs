@@ -209,7 +209,7 @@ fn a_failing_credential_says_when_it_tries_again_and_shows_every_condition() {
             "failing                3 failed attempt(s), the last 2026-11-26T09:59:30Z (30s ago) (ProviderUnreachable)",
             "other keys             extra",
             "Output: Secret \"pix4d-token\"\n  NOT FOUND",
-            "State: Secret \"pc-tokensync-state\"\n  none yet",
+            "State: Secret \"pc-tokensync-state\"\n  none: nothing to keep yet",
             "Events (newest last):\n  1h ago     Normal   TokenRenewed           renewed\n  30s ago    Warning  ProviderUnreachable    connection refused (x3)",
             "next: attempt at 2026-11-26T10:00:40Z (in 40s) after failure 3 (ProviderUnreachable)",
         ],

@@ -301,18 +301,27 @@ impl Reconcile<'_> {
             self.ctx.client.clone(),
             &self.pc.namespace().unwrap_or_default(),
         );
+        // at the resourceVersion this reconcile read: a status computed from a view older than
+        // the apiserver's (the reconcile our own last write triggered, run before the watch
+        // delivered that write) is refused instead of overwriting a newer one
         let patch = serde_json::json!({
             "apiVersion": ProviderCredential::api_version(&()),
             "kind": ProviderCredential::kind(&()),
+            "metadata": {"resourceVersion": self.pc.resource_version()},
             "status": next,
         });
-        api.patch_status(
-            &self.pc.name_any(),
-            &PatchParams::apply(output::MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        Ok(())
+        match api
+            .patch_status(
+                &self.pc.name_any(),
+                &PatchParams::apply(output::MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Stale),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) async fn event(&self, type_: EventType, reason: Reason, note: String) {
@@ -323,14 +332,7 @@ impl Reconcile<'_> {
             action: reason.action().into(),
             secondary: None,
         };
-        if let Err(error) = self
-            .ctx
-            .recorder
-            .publish(&event, &self.pc.object_ref(&()))
-            .await
-        {
-            warn!(%error, "could not publish event");
-        }
+        self.ctx.events.queue(event, self.pc.object_ref(&()));
     }
 }
 

@@ -1,5 +1,6 @@
 //! The ProviderCredential controller: wiring of watches, the reconcile steps and error policy.
 
+mod events;
 mod execute;
 mod gather;
 mod index;
@@ -81,6 +82,8 @@ pub struct Context {
     pub discovery: providers::Discovery,
     /// Which credentials depend on which Secret.
     pub dependents: Dependents,
+    /// Events waiting to be published (off the reconciles' path).
+    pub events: events::Events,
 }
 
 /// Token requests running at once: new credentials and those whose last attempt failed have a
@@ -122,6 +125,7 @@ impl Context {
             slots: Slots::new(config.concurrency),
             discovery: providers::Discovery::default(),
             dependents: Dependents::default(),
+            events: events::Events::new(),
             config,
         })
     }
@@ -149,9 +153,24 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("revocation of a token failed (attempt {attempts}); retrying")]
     RevocationPending { attempts: u32 },
+    #[error("the ProviderCredential changed since it was read; reconciling it again")]
+    Stale,
 }
 
 impl Error {
+    /// The object changed since it was read (directly or inside the finalizer's reconcile).
+    fn is_stale(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Stale => true,
+            Error::Finalizer(e) => matches!(
+                e.as_ref(),
+                F::ApplyFailed(Error::Stale) | F::CleanupFailed(Error::Stale)
+            ),
+            _ => false,
+        }
+    }
+
     /// How long to wait before the next try.
     fn retry_after(&self) -> Duration {
         use kube::runtime::finalizer::Error as F;
@@ -170,6 +189,11 @@ impl Error {
 }
 
 fn error_policy(_pc: Arc<ProviderCredential>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale() {
+        // not a failure: the newer object is on its way through the watch
+        tracing::debug!(%error, "stale view");
+        return Action::requeue(Duration::from_secs(1));
+    }
     tracing::warn!(%error, "reconcile failed; retrying");
     ctx.metrics.reconcile_error(
         match error {
@@ -192,6 +216,9 @@ where
     }
 }
 
+/// How long a reconcile waits after its last trigger (see `run_one`).
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// Secrets listed per page when the Secret watch (re)lists: a page is held whole while it is
 /// read, and a Secret's metadata can be as large as its data (client-side `kubectl apply` keeps
 /// a copy in an annotation), so pages stay small.
@@ -211,6 +238,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
+    ctx.events.start(ctx.recorder.clone());
     let namespaces: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
         vec![None]
     } else {
@@ -265,8 +293,12 @@ async fn run_one(
     });
     // reconciles that wait for a request slot hold no connection: allow more of them than
     // slots, so that reconciles with nothing to request are never stuck behind slow requests
+    // A reconcile runs a moment after its last trigger (DEBOUNCE): the watch events of its
+    // own last writes (output Secret, then status) arrive together, so the reconcile they
+    // trigger sees the status it wrote, finds nothing to do and writes nothing.
     let config = kube::runtime::controller::Config::default()
-        .concurrency(ctx.config.concurrency.saturating_mul(4));
+        .concurrency(ctx.config.concurrency.saturating_mul(4))
+        .debounce(DEBOUNCE);
     let index_of = ctx.clone();
     controller
         .with_config(config)

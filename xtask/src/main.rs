@@ -6,7 +6,9 @@
 //!                        xtask/keycloak.sh); CI runs them after `test`
 //!   gen                  write crds/ (and the chart's copy in files/crds/) from the Rust types
 //!   cluster up|down|env|tools|status   the local control plane (xtask/cluster.sh)
-//!   bench                the benchmarks
+//!   bench [--n N] [--unrelated M] [--out FILE] [--steady-secs S] [--latency-ms L] [--no-micro]
+//!                        micro-benchmarks, then the scale benchmark (benches/scale.rs) on the
+//!                        local control plane; prints a table, writes FILE (target/bench.json)
 //!   chaos [--minutes N]  soak: random vendor faults and operator SIGKILLs for N minutes
 //!                        (default 10); prints a table, writes target/chaos.json (tests/chaos.rs)
 
@@ -28,11 +30,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("gen") => gen_crds(),
         Some("cluster") => cluster(&args[1..]),
-        Some("bench") => bench(),
+        Some("bench") => bench(&args[1..]),
         Some("chaos") => chaos(&args[1..]),
         Some("conformance") => conformance(),
         _ => Err(
-            "usage: cargo xtask demo | test | conformance | gen | cluster up|down|env|tools|status | bench | chaos [--minutes N]"
+            "usage: cargo xtask demo | test | conformance | gen | cluster up|down|env|tools|status | bench [--n N ...] | chaos [--minutes N]"
                 .into(),
         ),
     };
@@ -275,112 +277,71 @@ fn conformance() -> Result {
     Ok(())
 }
 
-fn bench() -> Result {
-    step("micro-benchmarks of the pure per-reconcile work");
-    run(cargo().args(["bench", "--bench", "renewal"]))?;
-    bench_sync()
+/// `cargo xtask bench [--n 1000] [--unrelated 2000] [--out bench.json] [--steady-secs 300]
+/// [--latency-ms 20] [--no-micro]`: the micro-benchmarks (unless `--no-micro`), then the scale
+/// benchmark of benches/scale.rs (issue 11) on the local control plane with the release binary.
+fn bench(args: &[String]) -> Result {
+    let usage = "usage: cargo xtask bench [--n 1000] [--unrelated 2000] [--out bench.json] [--steady-secs 300] [--latency-ms 20] [--no-micro]";
+    let mut micro = true;
+    let mut scale_args: Vec<String> = Vec::new();
+    let mut out = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--no-micro" {
+            micro = false;
+            continue;
+        }
+        let (flag, value) = match arg.split_once('=') {
+            Some((f, v)) => (f, v.to_string()),
+            None => (
+                arg.as_str(),
+                it.next()
+                    .ok_or_else(|| format!("{arg} needs a value; {usage}"))?
+                    .clone(),
+            ),
+        };
+        match flag {
+            "--n" | "--unrelated" | "--steady-secs" | "--latency-ms" => {
+                if value.parse::<u64>().is_err() {
+                    return Err(format!("{flag} {value:?}: a whole number"));
+                }
+                scale_args.extend([flag.to_string(), value]);
+            }
+            // relative to where the command runs, not to the bench's working directory
+            "--out" => out = Some(cwd()?.join(value)),
+            _ => return Err(format!("unknown argument {arg:?}; {usage}")),
+        }
+    }
+    let target = target_dir()?;
+    let out = out.unwrap_or_else(|| target.join("bench.json"));
+    scale_args.extend(["--out".to_string(), out.display().to_string()]);
+
+    if micro {
+        step("micro-benchmarks of the pure per-reconcile work");
+        run(cargo().args(["bench", "--bench", "renewal"]))?;
+    }
+    on_the_control_plane(|on| {
+        step("building tokensync (release)");
+        run(cargo().args(["build", "--release", "--bin", "tokensync"]))?;
+        step(&format!("scale benchmark: {}", scale_args.join(" ")));
+        run(on(cargo()
+            .args(["bench", "--bench", "scale", "--"])
+            .args(&scale_args)
+            .env("TOKENSYNC_BIN", target.join("release/tokensync"))))
+    })
 }
 
-const BENCH_NS: &str = "tokensync-bench";
+fn cwd() -> Result<PathBuf> {
+    std::env::current_dir().map_err(|e| format!("the working directory: {e}"))
+}
 
-/// End to end on the local control plane, release builds: how long the operator takes to bring
-/// N new ProviderCredentials to Ready (each a token request to the fake Pix4D API, a state and
-/// an output Secret, a status write), and its resident memory afterwards.
-fn bench_sync() -> Result {
-    let n: usize = std::env::var("BENCH_CREDENTIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    step(&format!("end-to-end sync of {n} ProviderCredentials"));
-    let cluster = Cluster::up()?;
-    let kubeconfig = cluster.kubeconfig.clone();
-    let k = |args: &[&str]| cluster.kubectl(args);
-    run(cargo().args(["build", "--quiet", "--release", "--workspace", "--bins"]))?;
-    let bin = root().join("target/release");
-    let log_dir = root().join(".tokensync");
-    std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
-    let (_fakes, base) = start_fakes(&bin)?;
-    cluster.install_crd()?;
-    let _ = k(&[
-        "delete",
-        "namespace",
-        BENCH_NS,
-        "--ignore-not-found",
-        "--wait=true",
-    ])
-    .status();
-    run(&mut k(&["create", "namespace", BENCH_NS]))?;
-
-    let mut manifest = String::new();
-    for i in 0..n {
-        manifest.push_str(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-{i}-inputs}}\nstringData: {{client_id: example-client-id, client_secret: 'example-client-secret&=+%/'}}\n---\n\
-             apiVersion: tokensync.dev/v1alpha1\nkind: ProviderCredential\nmetadata: {{name: bench-{i}}}\nspec:\n  inputs: {{secretName: bench-{i}-inputs}}\n  \
-             oauth2: {{tokenUrl: '{base}/pix4d/oauth2/token/', grantType: client_credentials, extraParams: {{token_format: jwt}}}}\n  output: {{secretName: bench-{i}-token}}\n---\n"
-        ));
+/// Cargo's target directory: CARGO_TARGET_DIR (relative to the working directory, as cargo
+/// takes it) or the workspace's `target/`.
+fn target_dir() -> Result<PathBuf> {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => Ok(cwd()?.join(dir)),
+        None => Ok(root().join("target")),
     }
-    let applied = Instant::now();
-    pipe(&mut k(&["apply", "-n", BENCH_NS, "-f", "-"]), &manifest)?;
-    let applied = applied.elapsed();
-
-    let port = free_port()?;
-    let log =
-        std::fs::File::create(log_dir.join("bench-operator.log")).map_err(|e| e.to_string())?;
-    // the operator starts cold with N credentials waiting, as after an upgrade or a failover
-    let started = Instant::now();
-    let operator = Background(
-        Command::new(bin.join("tokensync"))
-            .args([
-                "run",
-                "--allow-insecure-http",
-                "--namespace",
-                BENCH_NS,
-                "--concurrency",
-                "8",
-            ])
-            .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stderr(log)
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let pid = operator.0.id();
-
-    let jsonpath =
-        r#"jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let out = output(&mut k(&["get", "pcred", "-n", BENCH_NS, "-o", jsonpath]))?;
-        let ready = out.lines().filter(|l| *l == "True").count();
-        if ready == n {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("only {ready} of {n} became Ready in 10 minutes"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let synced = started.elapsed();
-    let rss = rss_kib(pid, "VmRSS");
-    let peak = rss_kib(pid, "VmHWM");
-    let _ = k(&["delete", "namespace", BENCH_NS, "--wait=false"]).status();
-    drop(operator);
-    println!(
-        "\nend-to-end: operator started with {n} new ProviderCredentials, all Ready {:.1} s later ({:.0}/s); creating them with kubectl took {:.1} s",
-        synced.as_secs_f64(),
-        n as f64 / synced.as_secs_f64(),
-        applied.as_secs_f64()
-    );
-    println!(
-        "operator memory: {} MiB resident with {n} credentials (peak {} MiB)",
-        rss / 1024,
-        peak / 1024
-    );
-    println!(
-        "reproduce: BENCH_CREDENTIALS={n} cargo xtask bench   (release builds; control plane from cargo xtask cluster up)"
-    );
-    Ok(())
 }
 
 /// A one-time code from the fake Altitude Angel authorize endpoint (curl, not following the redirect).
@@ -401,23 +362,6 @@ fn authorization_code(base: &str) -> Result<String> {
         .split_once("code=")
         .map(|(_, c)| c.split('&').next().unwrap_or(c).to_string())
         .ok_or_else(|| format!("no code in the authorize redirect {location:?}"))
-}
-
-fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
-/// A `/proc/PID/status` field in KiB.
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The local control plane, started if need be, and kubectl pointed at it.
