@@ -86,6 +86,9 @@ async fn fetch(
     for warning in &fetched.warnings {
         eprintln!("warning: {}", inputs.redact(warning));
     }
+    if let Some(refused) = fetched.refused {
+        return Err(inputs.redact(&refused));
+    }
     let mut token = fetched.token;
     // the controller's own checks of what arrived: too short a life is an error, too long clamped
     for warning in crate::renewal::check_token(&mut token)? {

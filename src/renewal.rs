@@ -124,7 +124,7 @@ impl Policy {
 }
 
 /// The largest share of a token's renewal span (issue to renewal) that jitter takes off.
-pub const JITTER_PERCENT: i64 = 10;
+pub const JITTER_PERCENT: i64 = 20;
 
 /// Move `renew_at` earlier by a pseudo-random share (up to [`JITTER_PERCENT`]) of the span from
 /// `issued_at`, chosen by `seed`: credentials issued together (a cold start, a restore) then
@@ -493,18 +493,18 @@ mod tests {
     }
 
     /// Issue 11: jitter spreads renewals of tokens issued together, only ever earlier, by at
-    /// most a tenth of the span, never under the floor.
+    /// most a fifth of the span, never under the floor.
     #[test]
     fn jitter_spreads_renewals_earlier_only() {
         let renew = t(800);
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..1000u64 {
             let at = jitter(renew, t(0), seed);
-            assert!(at <= renew && at >= t(720), "{seed}: {at}");
+            assert!(at <= renew && at >= t(640), "{seed}: {at}");
             seen.insert(at);
         }
-        // 81 possible seconds, nearly all used
-        assert!(seen.len() > 70, "{}", seen.len());
+        // 161 possible seconds, nearly all used
+        assert!(seen.len() > 140, "{}", seen.len());
         // deterministic
         assert_eq!(jitter(renew, t(0), 42), jitter(renew, t(0), 42));
         // a short span: the floor holds; absurd instants do not panic

@@ -73,13 +73,25 @@ impl Inputs {
     /// names them) as not secret: they are left in messages. Every other key stays secret.
     pub fn with_public_roles(mut self, keys: &crate::crd::InputKeys) -> Self {
         use crate::crd::InputRole;
+        let key = |role| keys.key(role).to_string();
+        // a key that also holds a secret role (`keys.clientId: password`) stays secret
+        let secret: std::collections::BTreeSet<String> = [
+            InputRole::ClientSecret,
+            InputRole::Password,
+            InputRole::RefreshToken,
+            InputRole::Code,
+        ]
+        .into_iter()
+        .map(key)
+        .collect();
         self.public = [
             InputRole::ClientId,
             InputRole::Username,
             InputRole::RedirectUri,
         ]
         .into_iter()
-        .map(|role| keys.key(role).to_string())
+        .map(key)
+        .filter(|k| !secret.contains(k))
         .collect();
         self
     }
@@ -314,6 +326,14 @@ mod tests {
             inputs.redact(text),
             "client-echo-id [redacted] bob@example.com https://cb.example/x [redacted] [redacted]"
         );
+        // a secret's key named as a public role stays secret
+        let aliased = crate::crd::InputKeys {
+            client_id: Some("client_secret".into()),
+            ..Default::default()
+        };
+        let inputs: Inputs = [("client_secret", "s3cret-value")].into_iter().collect();
+        let inputs = inputs.with_public_roles(&aliased);
+        assert_eq!(inputs.redact("s3cret-value"), "[redacted]");
     }
 
     /// Issue 8: a secret is found in every encoding it travels in.

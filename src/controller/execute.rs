@@ -1,7 +1,10 @@
 //! Execute: carry a [`Plan`] out, in a fixed order, and record the result.
 //!
-//! Write order, and why: (1) the state Secret, as soon as a provider answered, so that a token
-//! or a rotated refresh token is stored before anything else can fail; (2) the output Secret,
+//! Write order, and why: (1) the state Secret, when what it must hold changed (a rotated refresh
+//! token, a token to revoke later or one another credential reads, a used one-time input), as
+//! soon as a provider answered, so that it is stored before anything else can fail; when the
+//! state need not change, nothing is written there, and should (2) fail, the token is put into
+//! the state Secret then, to be written out later; (2) the output Secret,
 //! created when it does not exist (never taken over) and otherwise updated only at the
 //! resourceVersion it was read at; (3) the status; (4) the events. A crash between (1) and (2)
 //! leaves a newer token in the state than in the output: the next reconcile writes it out
@@ -71,6 +74,11 @@ impl Reconcile<'_> {
         loop {
             let error = match self.fetch(snap, &attempt).await {
                 Ok(fetched) => {
+                    if let Some(message) = fetched.refused {
+                        let message = plan::redact(snap, &attempt.state, &message);
+                        let failed = plan::on_refused(&attempt, &fetched.token, message);
+                        return self.fail(snap, failed).await;
+                    }
                     return match plan::on_token(snap, &attempt, fetched.token) {
                         Ok(mut writes) => {
                             // what the provider answered that could not be read, the token kept
@@ -167,20 +175,51 @@ impl Reconcile<'_> {
 
     /// Carry out `writes` in their order: state, output, status, events.
     async fn write(&self, snap: &Snapshot, writes: Writes) -> Result<Action, Error> {
-        if let Some(state) = &writes.state {
-            self.apply_state(state).await?;
+        if let Some(state) = &writes.state
+            && let Err(e) = self.apply_state(state).await
+        {
+            // a state Secret the apiserver refuses (e.g. made immutable by someone) is a
+            // failure with backoff, never a quick retry that asks the provider again
+            return match refused(&e) {
+                Some(why) => {
+                    let name = super::state::name(&self.pc.name_any());
+                    let failed = Failed::new(
+                        Reason::SecretWriteFailed,
+                        format!(
+                            "the apiserver refused the state Secret {name:?}: {why}; what the provider issued could not be kept"
+                        ),
+                    );
+                    self.fail(snap, failed).await
+                }
+                None => Err(e),
+            };
         }
-        if let Err(mut failed) = self.write_output(&writes).await? {
+        let written = match self.write_output(&writes).await {
+            Ok(written) => written,
+            Err(e) => {
+                // the apiserver is unreachable or failing: the token goes to the state Secret
+                // if that can still be written, so that it is written out later, not lost
+                if let Some(kept) = &writes.keep_on_failure
+                    && let Err(error) = self.apply_state(kept).await
+                {
+                    warn!(%error, "could not keep the token in the state Secret either");
+                }
+                return Err(e);
+            }
+        };
+        if let Err(mut failed) = written {
             // the token the provider issued is kept, to be written out once the Secret can be
             failed.state = failed
                 .state
                 .or_else(|| writes.keep_on_failure.clone().map(Box::new));
             return self.fail(snap, failed).await;
         }
-        self.write_status(writes.status).await?;
+        // the events go out even when the status must wait for a fresher view (a 409)
+        let status = self.write_status(writes.status).await;
         for (type_, reason, note) in writes.events {
             self.event(type_, reason, note).await;
         }
+        status?;
         let mut state = match writes.state {
             Some(state) => state,
             None => snap
@@ -213,7 +252,7 @@ impl Reconcile<'_> {
                 .secrets
                 .create(&PostParams::default(), &writes.output)
                 .await
-                .map(drop),
+                .map(|s| self.ctx.own_writes.wrote(&s)),
             Some(version) => {
                 let mut secret = writes.output.clone();
                 secret.metadata.resource_version = Some(version.clone());
@@ -224,7 +263,7 @@ impl Reconcile<'_> {
                         &Patch::Apply(&secret),
                     )
                     .await
-                    .map(drop)
+                    .map(|s| self.ctx.own_writes.wrote(&s))
             }
         };
         match result {
@@ -255,8 +294,11 @@ impl Reconcile<'_> {
             retry_after,
             state,
         } = failed;
-        if let Some(state) = &state {
-            self.apply_state(state).await?;
+        if let Some(state) = &state
+            && let Err(error) = self.apply_state(state).await
+        {
+            // the failure and its backoff are recorded all the same: no quick retry
+            warn!(%error, "could not write the state Secret");
         }
         warn!(reason = %reason, detail = %message, "token not refreshed");
         self.ctx.metrics.reconcile_error(reason.as_str());
@@ -270,49 +312,82 @@ impl Reconcile<'_> {
             retry_after,
             now,
         );
+        let next = match self.write_status(next.clone()).await {
+            Err(Error::Stale) => {
+                // our view is older than the apiserver's: the failure and its backoff are
+                // recorded on the fresh status, never dropped (a dropped backoff is a hot loop)
+                let fresh = self.credentials().get(&self.pc.name_any()).await?;
+                let prev = fresh.status.clone().unwrap_or_default();
+                let next = status::failure(
+                    &prev,
+                    &snap.source,
+                    reason,
+                    message.clone(),
+                    retry_after,
+                    now,
+                );
+                self.write_status_of(&fresh, next.clone()).await?;
+                next
+            }
+            other => other.map(|()| next)?,
+        };
         let at = plan::wake_failing(
             &next,
             next.next_attempt_at.as_ref().map_or(now, |t| t.0),
             now,
         );
-        self.write_status(next).await?;
         self.event(EventType::Warning, reason, message).await;
         Ok(requeue_at(at, now))
     }
 
+    fn credentials(&self) -> kube::Api<ProviderCredential> {
+        kube::Api::namespaced(
+            self.ctx.client.clone(),
+            &self.pc.namespace().unwrap_or_default(),
+        )
+    }
+
     pub(super) async fn apply_state(&self, state: &State) -> Result<(), Error> {
         let secret = state.build(&self.pc);
-        self.secrets
+        let written = self
+            .secrets
             .patch(
                 &secret.name_any(),
                 &PatchParams::apply(output::MANAGER).force(),
                 &Patch::Apply(&secret),
             )
             .await?;
+        self.ctx.own_writes.wrote(&written);
         Ok(())
     }
 
     /// Write the status when it differs from the one in place.
     pub(super) async fn write_status(&self, next: ProviderCredentialStatus) -> Result<(), Error> {
-        if self.pc.status.as_ref() == Some(&next) {
+        self.write_status_of(&self.pc, next).await
+    }
+
+    /// Write the status of `pc` (as read) when it differs from the one it holds.
+    async fn write_status_of(
+        &self,
+        pc: &ProviderCredential,
+        next: ProviderCredentialStatus,
+    ) -> Result<(), Error> {
+        if pc.status.as_ref() == Some(&next) {
             return Ok(());
         }
-        let api: kube::Api<ProviderCredential> = kube::Api::namespaced(
-            self.ctx.client.clone(),
-            &self.pc.namespace().unwrap_or_default(),
-        );
+        let api = self.credentials();
         // at the resourceVersion this reconcile read: a status computed from a view older than
         // the apiserver's (the reconcile our own last write triggered, run before the watch
         // delivered that write) is refused instead of overwriting a newer one
         let patch = serde_json::json!({
             "apiVersion": ProviderCredential::api_version(&()),
             "kind": ProviderCredential::kind(&()),
-            "metadata": {"resourceVersion": self.pc.resource_version()},
+            "metadata": {"resourceVersion": pc.resource_version()},
             "status": next,
         });
         match api
             .patch_status(
-                &self.pc.name_any(),
+                &pc.name_any(),
                 &PatchParams::apply(output::MANAGER).force(),
                 &Patch::Apply(&patch),
             )
@@ -333,6 +408,17 @@ impl Reconcile<'_> {
             secondary: None,
         };
         self.ctx.events.queue(event, self.pc.object_ref(&()));
+    }
+}
+
+/// The apiserver's message when it refused a write as invalid or conflicting (not when it is
+/// unreachable or failing: those are retried).
+fn refused(error: &Error) -> Option<String> {
+    match error {
+        Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 409 | 413 | 422) => {
+            Some(s.message.clone())
+        }
+        _ => None,
     }
 }
 

@@ -136,9 +136,13 @@ impl Dependents {
                 if let Some(seen) = inner.relists.get_mut(&scope.map(str::to_string)) {
                     seen.insert(key(pc));
                 }
-                // a credential restarted into the index: every upstream is reconciled anyway
-                inner.set(pc);
-                Vec::new()
+                // a dependent created while the watch was down wakes its upstream too
+                let ns = pc.namespace().unwrap_or_default();
+                inner
+                    .set(pc)
+                    .into_iter()
+                    .map(|n| ObjectRef::new(&n).within(&ns))
+                    .collect()
             }
             Event::InitDone => {
                 let seen = inner
@@ -188,6 +192,47 @@ impl Dependents {
     }
 }
 
+/// The resourceVersion of each Secret as this controller last wrote it: the watch event of our
+/// own write maps to nothing (the reconcile that wrote it knows it already and has planned its
+/// next wake), so a renewal is not followed by a reconcile that reads everything again to find
+/// nothing to do.
+#[derive(Debug, Default)]
+pub struct OwnWrites {
+    inner: Mutex<HashMap<Key, String>>,
+}
+
+impl OwnWrites {
+    pub fn wrote<K: kube::Resource>(&self, object: &K) {
+        let meta = object.meta();
+        if let (Some(ns), Some(name), Some(rv)) =
+            (&meta.namespace, &meta.name, &meta.resource_version)
+        {
+            self.lock().insert((ns.clone(), name.clone()), rv.clone());
+        }
+    }
+
+    /// Whether the event of `object` is our own write's (a deleted object never is).
+    pub fn is_own<K: kube::Resource>(&self, object: &K) -> bool {
+        let meta = object.meta();
+        let key = (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let mut map = self.lock();
+        if meta.deletion_timestamp.is_some() {
+            map.remove(&key);
+            return false;
+        }
+        meta.resource_version
+            .as_ref()
+            .is_some_and(|rv| map.get(&key) == Some(rv))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, String>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +252,25 @@ mod tests {
 
     fn names(refs: Vec<ObjectRef<ProviderCredential>>) -> Vec<String> {
         refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn our_own_writes_are_told_apart() {
+        let own = OwnWrites::default();
+        let secret = |rv: &str| k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some("a".into()),
+                name: Some("x-token".into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(!own.is_own(&secret("5")));
+        own.wrote(&secret("5"));
+        assert!(own.is_own(&secret("5")));
+        // someone else's change after ours
+        assert!(!own.is_own(&secret("6")));
     }
 
     #[test]
@@ -252,6 +316,12 @@ mod tests {
         d.observe(Some("b"), &Event::Apply(pc("b", "other", "in-1", None)));
         d.observe(Some("a"), &Event::Init);
         d.observe(Some("a"), &Event::InitApply(pc("a", "kept", "in-2", None)));
+        // a dependent created while the watch was down wakes its upstream
+        let woken = d.observe(
+            Some("a"),
+            &Event::InitApply(pc("a", "late", "in-3", Some("kept"))),
+        );
+        assert_eq!(names(woken), ["kept"]);
         d.observe(Some("a"), &Event::InitDone);
         assert!(d.of("a", "in-1").is_empty());
         assert_eq!(names(d.of("a", "in-2")), ["kept"]);

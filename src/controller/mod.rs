@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
 
 pub use gather::INPUTS_LABEL;
-pub use index::Dependents;
+pub use index::{Dependents, OwnWrites};
 pub use output::{MANAGED_BY_LABEL, MANAGER};
 pub use reconcile::{FINALIZER, FORCE_REFRESH_ANNOTATION};
 
@@ -82,6 +82,8 @@ pub struct Context {
     pub discovery: providers::Discovery,
     /// Which credentials depend on which Secret.
     pub dependents: Dependents,
+    /// The Secrets this controller wrote, at the version it wrote.
+    pub own_writes: OwnWrites,
     /// Events waiting to be published (off the reconciles' path).
     pub events: events::Events,
 }
@@ -125,6 +127,7 @@ impl Context {
             slots: Slots::new(config.concurrency),
             discovery: providers::Discovery::default(),
             dependents: Dependents::default(),
+            own_writes: OwnWrites::default(),
             events: events::Events::new(),
             config,
         })
@@ -216,6 +219,23 @@ where
     }
 }
 
+/// What of a ProviderCredential triggers a reconcile when it changes: its spec (generation),
+/// a forced renewal (annotation), deletion and finalizers. Not its status.
+fn triggers(pc: &ProviderCredential) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pc.metadata.uid.hash(&mut h);
+    pc.metadata.generation.hash(&mut h);
+    pc.annotations().get(FORCE_REFRESH_ANNOTATION).hash(&mut h);
+    pc.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
+    pc.finalizers().hash(&mut h);
+    Some(h.finish())
+}
+
 /// How long a reconcile waits after its last trigger (see `run_one`).
 const DEBOUNCE: Duration = Duration::from_secs(1);
 
@@ -238,11 +258,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
-    ctx.events.start(ctx.recorder.clone());
+    ctx.events.start(&ctx.recorder);
     let namespaces: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
         vec![None]
     } else {
-        ctx.config.namespaces.iter().cloned().map(Some).collect()
+        // one controller per namespace, even when a namespace is named twice
+        let unique: std::collections::BTreeSet<&String> = ctx.config.namespaces.iter().collect();
+        unique.into_iter().cloned().map(Some).collect()
     };
     ctx.health.starting(namespaces.len());
     futures::future::join_all(
@@ -251,6 +273,8 @@ pub async fn run(
             .map(|ns| run_one(ctx.clone(), ns, shutdown.clone())),
     )
     .await;
+    // what the last reconciles queued still goes out (within the termination grace period)
+    ctx.events.drain(Duration::from_secs(3)).await;
 }
 
 async fn run_one(
@@ -274,7 +298,10 @@ async fn run_one(
             event
         })
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // a change of the status alone (our own writes) triggers nothing: the reconcile that
+        // wrote it has planned its next wake
+        .predicate_filter(triggers, Default::default());
     let controller = Controller::for_stream(credentials, store.clone()).reconcile_on(woken);
     let _store_guard = ctx.metrics.watch_store(store.clone());
     let health = ctx.health.clone();
@@ -310,6 +337,9 @@ async fn run_one(
             secrets,
             watcher::Config::default().page_size(SECRET_PAGE),
             move |secret| {
+                if index_of.own_writes.is_own(&secret) {
+                    return Vec::new();
+                }
                 let ns = secret.namespace().unwrap_or_default();
                 index_of.dependents.of(&ns, &secret.name_any())
             },

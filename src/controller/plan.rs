@@ -354,21 +354,7 @@ pub fn on_token(snap: &Snapshot, attempt: &Attempt, mut token: Token) -> Result<
     let mut state = attempt.state.clone();
     let warnings = match renewal::check_token(&mut token) {
         Ok(w) => w,
-        Err(message) => {
-            // what the provider issued besides the bad token is kept
-            let state = token.refresh_token.clone().map(|rt| {
-                let mut s = state.clone();
-                s.refresh_token = Some(rt);
-                s.refresh_expires_at = token.refresh_expires_at;
-                Box::new(s)
-            });
-            return Err(Failed {
-                reason: Reason::InvalidTokenResponse,
-                message: format!("the provider's answer is not usable: {message}"),
-                retry_after: None,
-                state,
-            });
-        }
+        Err(message) => return Err(on_refused(attempt, &token, message)),
     };
     record(snap, &mut state, &token, &attempt.grant, &inputs);
     let reason = if snap.output.is_none() && attempt.why == renewal::Reason::Missing {
@@ -419,6 +405,23 @@ fn jitter_seed(pc: &ProviderCredential, issued_at: Timestamp) -> u64 {
     h.update(issued_at.as_second().to_be_bytes());
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// A token the provider issued that cannot be used (`message` says why): it is not written, and
+/// what the provider issued with it (a rotated refresh token) is kept.
+pub fn on_refused(attempt: &Attempt, token: &Token, message: String) -> Failed {
+    let state = token.refresh_token.clone().map(|rt| {
+        let mut s = attempt.state.clone();
+        s.refresh_token = Some(rt);
+        s.refresh_expires_at = token.refresh_expires_at;
+        Box::new(s)
+    });
+    Failed {
+        reason: Reason::InvalidTokenResponse,
+        message: format!("the provider's answer is not usable: {message}"),
+        retry_after: None,
+        state,
+    }
 }
 
 /// Whether the state Secret holds the current token: when a replaced token must be revoked, or

@@ -516,7 +516,7 @@ pub fn map_response(
                 url: url.into(),
                 reason: format!("{} is not a non-empty string", mapping.token),
             })?;
-    super::refuse_control_characters(&token, &mapping.token, url)?;
+    let mut refused = super::control_characters(&token, &mapping.token, url);
     let mut warnings = Vec::new();
     let unmapped = || jwt_exp(&token).or_else(|| requested.map(|d| crate::renewal::add(now, d)));
     let expires_at = match &mapping.expiry {
@@ -556,7 +556,7 @@ pub fn map_response(
     let token_type = match &mapping.token_type {
         Some(p) => match body.pointer(p).and_then(text) {
             Some(t) => {
-                super::refuse_control_characters(&t, p, url)?;
+                refused = refused.or_else(|| super::control_characters(&t, p, url));
                 t
             }
             None => "Bearer".into(),
@@ -586,7 +586,11 @@ pub fn map_response(
         scope,
         kept,
     };
-    Ok(Fetched { token, warnings })
+    Ok(Fetched {
+        token,
+        warnings,
+        refused,
+    })
 }
 
 /// Log in (primary) or refresh.
@@ -975,18 +979,29 @@ requestedLifetime: 8d
     #[test]
     fn control_characters_are_refused_naming_the_field() {
         let mapping: ResponseMapping =
-            serde_saphyr::from_str("{token: /data/tok, tokenType: /kind}").unwrap();
-        let err = |body: Value| {
-            map_response(&body, &mapping, None, t(0), "u")
-                .map(|_| ())
-                .unwrap_err()
-                .to_string()
+            serde_saphyr::from_str("{token: /data/tok, tokenType: /kind, refreshToken: /rt}")
+                .unwrap();
+        let refused = |body: Value| {
+            let fetched = map_response(&body, &mapping, None, t(0), "u").unwrap();
+            // what else the provider issued is still there, to be kept
+            assert_eq!(fetched.token.refresh_token.unwrap().expose(), "rt-1");
+            fetched.refused.expect("refused")
         };
-        let e = err(json!({"data": {"tok": "abc\r\nX-Injected: evil"}, "kind": "Bearer"}));
+        let e = refused(
+            json!({"data": {"tok": "abc\r\nX-Injected: evil"}, "kind": "Bearer", "rt": "rt-1"}),
+        );
         assert!(e.contains("/data/tok holds control characters"), "{e}");
         assert!(!e.contains("X-Injected"), "{e}");
-        let e = err(json!({"data": {"tok": "abc"}, "kind": "Bearer\nX: y"}));
+        let e = refused(json!({"data": {"tok": "abc"}, "kind": "Bearer\nX: y", "rt": "rt-1"}));
         assert!(e.contains("/kind holds control characters"), "{e}");
+        let fine = map_response(
+            &json!({"data": {"tok": "abc"}, "rt": "rt-1"}),
+            &mapping,
+            None,
+            t(0),
+            "u",
+        );
+        assert!(fine.unwrap().refused.is_none());
     }
 
     #[test]

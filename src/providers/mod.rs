@@ -313,24 +313,20 @@ pub struct Fetched {
     /// read (the token is kept with the requested lifetime or the fallback interval). The
     /// controller emits each as a Warning event ([`Reason::ExpiryUnreadable`]). Never secret.
     pub warnings: Vec<String>,
+    /// Why the token cannot be used although the answer was read (e.g. control characters in
+    /// it, naming the response field): the token is not written, but what else the provider
+    /// issued (a rotated refresh token) is kept.
+    pub refused: Option<String>,
 }
 
 /// A token or token type holding control characters would put a header-injection line into
-/// every templated key: refused, naming the response field (never the value).
-pub(crate) fn refuse_control_characters(
-    value: &str,
-    field: &str,
-    url: &str,
-) -> Result<(), ProviderError> {
-    if value.chars().any(char::is_control) {
-        return Err(ProviderError::BadResponse {
-            url: url.into(),
-            reason: format!(
-                "{field} holds control characters (a header injection); the token is not written"
-            ),
-        });
-    }
-    Ok(())
+/// every templated key: why it is refused, naming the response field (never the value).
+pub(crate) fn control_characters(value: &str, field: &str, url: &str) -> Option<String> {
+    value.chars().any(char::is_control).then(|| {
+        format!(
+            "response from {url} is not usable: {field} holds control characters (a header injection); the token is not written"
+        )
+    })
 }
 
 /// Fetch one token as the spec says, reading OIDC discovery documents through `discovery`.
@@ -348,18 +344,6 @@ pub async fn fetch_with(
             "spec: exactly one provider block must be set: spec.oauth2 or spec.http".into(),
         )),
     }
-}
-
-/// Fetch one token as the spec says, with the process-wide discovery cache; warnings go to the
-/// log only. The controller calls [`fetch_with`] with its own cache and emits the warnings as
-/// events.
-pub async fn fetch(http: &reqwest::Client, req: &Request<'_>) -> Result<Token, ProviderError> {
-    static SHARED: std::sync::OnceLock<Discovery> = std::sync::OnceLock::new();
-    let fetched = fetch_with(http, req, SHARED.get_or_init(Discovery::default)).await?;
-    for warning in &fetched.warnings {
-        tracing::warn!(warning = %req.inputs.redact(warning), "token kept despite a problem");
-    }
-    Ok(fetched.token)
 }
 
 /// The HTTP client every token request uses, in the controller and in `tokensync check`:

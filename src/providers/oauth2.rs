@@ -426,10 +426,13 @@ async fn request_token(
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no access_token in the response"))?;
-    super::refuse_control_characters(&access_token, "access_token", &url_text)?;
-    if let Some(t) = &parsed.token_type {
-        super::refuse_control_characters(t, "token_type", &url_text)?;
-    }
+    let refused =
+        super::control_characters(&access_token, "access_token", &url_text).or_else(|| {
+            parsed
+                .token_type
+                .as_deref()
+                .and_then(|t| super::control_characters(t, "token_type", &url_text))
+        });
     // lifetimes count from when the answer arrived, not from when the request started
     let now = crate::renewal::now();
     let mut warnings = Vec::new();
@@ -472,7 +475,11 @@ async fn request_token(
             .filter(|s| !s.is_empty()),
         kept: BTreeMap::new(),
     };
-    Ok(Fetched { token, warnings })
+    Ok(Fetched {
+        token,
+        warnings,
+        refused,
+    })
 }
 
 #[cfg(test)]
