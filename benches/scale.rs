@@ -869,6 +869,39 @@ impl Operator {
 }
 
 /// A `/proc/PID/status` field (VmHWM, VmRSS) in KiB.
+/// The operator stopped (SIGSTOP) while counters are read, and continued (SIGCONT) when
+/// dropped. What it had sent before the stop lands meanwhile: the pause waits for that.
+struct Paused(u32);
+
+impl Paused {
+    async fn new(pid: u32) -> Res<Self> {
+        signal(pid, "-STOP")?;
+        let paused = Self(pid);
+        // writes in flight complete and their watch events arrive
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(paused)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Err(e) = signal(self.0, "-CONT") {
+            log(format!("warning: could not continue the operator: {e}"));
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Res {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .ctx("running kill")?;
+    if !status.success() {
+        return Err(format!("kill {sig} {pid} failed"));
+    }
+    Ok(())
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -1188,10 +1221,14 @@ impl Bench {
             "steady state: {secs} s, sampling {SAMPLES_PER_SECOND} output Secrets a second"
         ));
         let pid = self.operator()?.pid;
+        // the counters are read with the operator paused, so that no write falls between the
+        // apiserver's count and the watch's (it would look like a write that changed nothing)
+        let paused = Paused::new(pid).await?;
         let writes_before = apiserver_counts(&self.client).await?;
         let requests_before = token_requests(&self.fakes);
         let seen_before = self.seen().counts();
         let cpu_before = cpu_ticks(pid)?;
+        drop(paused);
         let started = Instant::now();
 
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
@@ -1235,10 +1272,12 @@ impl Bench {
             }
         }
         let window = started.elapsed().as_secs_f64();
+        let paused = Paused::new(pid).await?;
         let cpu_after = cpu_ticks(pid)?;
+        let writes = Writes::between(&writes_before, &apiserver_counts(&self.client).await?);
         let seen_after = self.seen().counts();
         let requests_after = token_requests(&self.fakes);
-        let writes = Writes::between(&writes_before, &apiserver_counts(&self.client).await?);
+        drop(paused);
         let renewal_times: Vec<Instant> = self.seen().renewals[seen_before.renewals..].to_vec();
 
         let renewals = seen_after.renewals - seen_before.renewals;
@@ -1302,6 +1341,31 @@ impl Bench {
     }
 
     /// 5: SIGTERM and start again with every token valid for long.
+    /// Wait until no Event was written for 3 s (at most 5 minutes).
+    async fn wait_for_quiet_events(&self) -> Res {
+        let started = Instant::now();
+        let mut last =
+            Writes::between(&ApiCounts::new(), &apiserver_counts(&self.client).await?).events();
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(3) {
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err("Events were still being written after 5 minutes".into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now =
+                Writes::between(&ApiCounts::new(), &apiserver_counts(&self.client).await?).events();
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            }
+        }
+        log(format!(
+            "restart: the first process's events are out ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
     async fn restart(&mut self) -> Res {
         let n = self.args.n;
         if self.args.steady_secs > 0 {
@@ -1332,6 +1396,9 @@ impl Bench {
             // the status writes follow the Secret writes
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
+        // the first process publishes its events off the reconciles' path: let it finish
+        // (events still queued would be published at its shutdown, inside the window)
+        self.wait_for_quiet_events().await?;
         let pid = self.operator()?.pid;
         self.peak_hwm_kib
             .fetch_max(proc_status_kib(pid, "VmHWM"), Ordering::SeqCst);

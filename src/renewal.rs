@@ -125,14 +125,18 @@ impl Policy {
 
 /// The largest share of a token's renewal span (issue to renewal) that jitter takes off.
 pub const JITTER_PERCENT: i64 = 20;
+/// The same for the first token of a credential (none was in place): credentials created
+/// together (a bulk apply, a new cluster) would otherwise renew in waves for many periods.
+/// Once spread, equal periods keep them spread; this costs one early renewal per credential.
+pub const FIRST_JITTER_PERCENT: i64 = 50;
 
-/// Move `renew_at` earlier by a pseudo-random share (up to [`JITTER_PERCENT`]) of the span from
+/// Move `renew_at` earlier by a pseudo-random share (up to `percent`) of the span from
 /// `issued_at`, chosen by `seed`: credentials issued together (a cold start, a restore) then
 /// spread their renewals instead of renewing in one burst. Never later than the policy says,
 /// never sooner than [`MIN_RENEW_INTERVAL`] after the issue.
-pub fn jitter(renew_at: Timestamp, issued_at: Timestamp, seed: u64) -> Timestamp {
+pub fn jitter(renew_at: Timestamp, issued_at: Timestamp, seed: u64, percent: i64) -> Timestamp {
     let span = renew_at.duration_since(issued_at).as_secs().max(0);
-    let most = span.saturating_mul(JITTER_PERCENT) / 100;
+    let most = span.saturating_mul(percent.clamp(0, 100)) / 100;
     if most <= 0 {
         return renew_at;
     }
@@ -499,18 +503,29 @@ mod tests {
         let renew = t(800);
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..1000u64 {
-            let at = jitter(renew, t(0), seed);
+            let at = jitter(renew, t(0), seed, JITTER_PERCENT);
             assert!(at <= renew && at >= t(640), "{seed}: {at}");
             seen.insert(at);
         }
         // 161 possible seconds, nearly all used
         assert!(seen.len() > 140, "{}", seen.len());
         // deterministic
-        assert_eq!(jitter(renew, t(0), 42), jitter(renew, t(0), 42));
-        // a short span: the floor holds; absurd instants do not panic
-        assert_eq!(jitter(t(5), t(0), 7), t(5));
-        assert!(jitter(Timestamp::MAX, t(0), 7) <= Timestamp::MAX);
-        assert_eq!(jitter(t(0), t(100), 7), t(0));
+        assert_eq!(
+            jitter(renew, t(0), 42, JITTER_PERCENT),
+            jitter(renew, t(0), 42, JITTER_PERCENT)
+        );
+        // a first token: anywhere in the second half of its span
+        let firsts: Vec<_> = (0..1000u64)
+            .map(|seed| jitter(renew, t(0), seed, FIRST_JITTER_PERCENT))
+            .collect();
+        assert!(firsts.iter().all(|at| *at <= renew && *at >= t(400)));
+        assert!(firsts.iter().any(|at| *at < t(450)));
+        // a short span: the floor holds; absurd instants and shares do not panic
+        assert_eq!(jitter(t(5), t(0), 7, JITTER_PERCENT), t(5));
+        assert!(jitter(Timestamp::MAX, t(0), 7, JITTER_PERCENT) <= Timestamp::MAX);
+        assert_eq!(jitter(t(0), t(100), 7, JITTER_PERCENT), t(0));
+        assert!(jitter(renew, t(0), 7, i64::MAX) >= t(5));
+        assert_eq!(jitter(renew, t(0), 7, -5), renew);
     }
 
     #[test]

@@ -396,8 +396,8 @@ pub fn on_token(snap: &Snapshot, attempt: &Attempt, mut token: Token) -> Result<
     }
 }
 
-/// A seed for [`renewal::jitter`]: the same for one token of one credential (so a restore
-/// plans the same instant), different across credentials and renewals.
+/// A seed for [`renewal::jitter`]: the same for one token of one credential, different across
+/// credentials and renewals.
 fn jitter_seed(pc: &ProviderCredential, issued_at: Timestamp) -> u64 {
     let mut h = Sha256::new();
     h.update(pc.uid().unwrap_or_default().as_bytes());
@@ -459,10 +459,16 @@ fn writes(
     now: Timestamp,
 ) -> Result<Writes, Failed> {
     let pc = &snap.pc;
+    let share = if reason == Reason::TokenIssued {
+        renewal::FIRST_JITTER_PERCENT
+    } else {
+        renewal::JITTER_PERCENT
+    };
     let renew_at = renewal::jitter(
         policy.renew_at(token.issued_at, token.expires_at),
         token.issued_at,
         jitter_seed(pc, token.issued_at),
+        share,
     );
     let current = Current {
         issued_at: token.issued_at,
