@@ -303,29 +303,24 @@ impl Reconcile<'_> {
         warn!(reason = %reason, detail = %message, "token not refreshed");
         self.ctx.metrics.reconcile_error(reason.as_str());
         let now = renewal::now();
-        let prev = self.pc.status.clone().unwrap_or_default();
-        let next = status::failure(
-            &prev,
-            &snap.source,
-            reason,
-            message.clone(),
-            retry_after,
-            now,
-        );
+        let failure = |pc: &ProviderCredential| {
+            let prev = pc.status.clone().unwrap_or_default();
+            status::failure(
+                &prev,
+                &snap.source,
+                reason,
+                message.clone(),
+                retry_after,
+                now,
+            )
+        };
+        let next = failure(&self.pc);
         let next = match self.write_status(next.clone()).await {
             Err(Error::Stale) => {
                 // our view is older than the apiserver's: the failure and its backoff are
                 // recorded on the fresh status, never dropped (a dropped backoff is a hot loop)
                 let fresh = self.credentials().get(&self.pc.name_any()).await?;
-                let prev = fresh.status.clone().unwrap_or_default();
-                let next = status::failure(
-                    &prev,
-                    &snap.source,
-                    reason,
-                    message.clone(),
-                    retry_after,
-                    now,
-                );
+                let next = failure(&fresh);
                 self.write_status_of(&fresh, next.clone()).await?;
                 next
             }

@@ -363,12 +363,8 @@ pub fn on_token(snap: &Snapshot, attempt: &Attempt, mut token: Token) -> Result<
         Reason::TokenRenewed
     };
     let arrived = token.issued_at;
-    let stored = snap
-        .state_secret
-        .as_ref()
-        .map(State::read)
-        .unwrap_or_default();
-    let write_state = (state != stored).then(|| state.clone());
+    // the attempt's state is the one stored (read by the planner, or written before a retry)
+    let write_state = (state != attempt.state).then(|| state.clone());
     // should writing the token out fail, it goes to the state Secret instead of to waste
     let keep_on_failure = state.token.is_none().then(|| {
         let mut kept = state.clone();

@@ -19,7 +19,7 @@ use crate::crd::{
     ExpiryFormat, ExpiryMapping, HttpMethod, HttpRequestSpec, HttpSpec, ResponseMapping,
 };
 use crate::renewal::parse_duration;
-use crate::token::{InputProblem, Inputs, SecretValue, Token};
+use crate::token::{Inputs, SecretValue, Token};
 
 /// The largest response body read; a bigger one is refused.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -222,22 +222,7 @@ pub fn check_inputs(
         }
     }
     for key in keys {
-        let problem = match inputs.require(&key) {
-            Ok(_) => continue,
-            Err(InputProblem::Missing) => {
-                return Err(ProviderError::MissingInput {
-                    key,
-                    purpose: field,
-                });
-            }
-            Err(InputProblem::Empty) => "is empty",
-            Err(InputProblem::NotText) => "is not UTF-8 text (binary values are not sent)",
-        };
-        return Err(ProviderError::BadInput {
-            key,
-            problem,
-            purpose: field,
-        });
+        super::require_input(inputs, &key, field)?;
     }
     Ok(())
 }

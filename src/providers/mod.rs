@@ -11,7 +11,7 @@ use jiff::Timestamp;
 
 use crate::crd::ProviderCredentialSpec;
 use crate::reason::Reason;
-use crate::token::{Inputs, SecretValue, Token};
+use crate::token::{InputProblem, Inputs, SecretValue, Token};
 
 /// Which grant to run.
 #[derive(Clone, Debug)]
@@ -317,6 +317,31 @@ pub struct Fetched {
     /// it, naming the response field): the token is not written, but what else the provider
     /// issued (a rotated refresh token) is kept.
     pub refused: Option<String>,
+}
+
+/// The value of input `key` when it is present, text and not empty; otherwise the error that
+/// names the key and what it is `purpose`d for (never the value).
+pub(crate) fn require_input<'a>(
+    inputs: &'a Inputs,
+    key: &str,
+    purpose: &'static str,
+) -> Result<&'a SecretValue, ProviderError> {
+    let problem = match inputs.require(key) {
+        Ok(v) => return Ok(v),
+        Err(InputProblem::Missing) => {
+            return Err(ProviderError::MissingInput {
+                key: key.to_string(),
+                purpose,
+            });
+        }
+        Err(InputProblem::Empty) => "is empty",
+        Err(InputProblem::NotText) => "is not UTF-8 text (binary values are not sent)",
+    };
+    Err(ProviderError::BadInput {
+        key: key.to_string(),
+        problem,
+        purpose,
+    })
 }
 
 /// A token or token type holding control characters would put a header-injection line into

@@ -14,7 +14,7 @@ use super::{
     ErrorDetail, Fetched, Grant, ProviderError, Request, check_url, jwt_exp, seconds_value,
 };
 use crate::crd::{ClientAuthentication, GrantType, InputKeys, InputRole, OAuth2Spec};
-use crate::token::{InputProblem, Inputs, SecretValue, Token};
+use crate::token::{Inputs, SecretValue, Token};
 
 /// A form body and the HTTP Basic credentials of one token request. `Debug` is redacted.
 pub struct TokenForm {
@@ -51,23 +51,7 @@ fn input<'a>(
     role: InputRole,
     purpose: &'static str,
 ) -> Result<&'a SecretValue, ProviderError> {
-    let key = keys.key(role);
-    let problem = match inputs.require(key) {
-        Ok(v) => return Ok(v),
-        Err(InputProblem::Missing) => {
-            return Err(ProviderError::MissingInput {
-                key: key.to_string(),
-                purpose,
-            });
-        }
-        Err(InputProblem::Empty) => "is empty",
-        Err(InputProblem::NotText) => "is not UTF-8 text (binary values are not sent)",
-    };
-    Err(ProviderError::BadInput {
-        key: key.to_string(),
-        problem,
-        purpose,
-    })
+    super::require_input(inputs, keys.key(role), purpose)
 }
 
 /// The form for `grant` (pure: no I/O).
