@@ -187,6 +187,12 @@ async fn pat_chain_with_a_keycloak_upstream() {
     ns.delete().await;
 }
 
+async fn json_of(
+    sent: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> serde_json::Value {
+    sent.await.unwrap().json().await.unwrap()
+}
+
 /// The admin API's handle on the realm's client `tokensync-rotated`, fetched once so that
 /// setting its secret is a single request (the test reacts within the operator's backoff).
 struct RotatedClient {
@@ -198,7 +204,7 @@ struct RotatedClient {
 impl RotatedClient {
     async fn get(keycloak: &KeycloakServer) -> Self {
         let http = reqwest::Client::new();
-        let admin: serde_json::Value = http
+        let admin = http
             .post(format!(
                 "{}/realms/master/protocol/openid-connect/token",
                 keycloak.base
@@ -209,26 +215,19 @@ impl RotatedClient {
                 ("username", "admin"),
                 ("password", "admin"),
             ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .send();
+        let admin = json_of(admin).await;
         let admin = admin["access_token"]
             .as_str()
             .expect("an admin token")
             .to_string();
         let clients = format!("{}/admin/realms/dcp/clients", keycloak.base);
-        let found: serde_json::Value = http
-            .get(format!("{clients}?clientId=tokensync-rotated"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let found = json_of(
+            http.get(format!("{clients}?clientId=tokensync-rotated"))
+                .bearer_auth(&admin)
+                .send(),
+        )
+        .await;
         let id = found[0]["id"]
             .as_str()
             .expect("the client tokensync-rotated");
