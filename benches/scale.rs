@@ -6,7 +6,11 @@
 //!    creates them (the whole object again in the `last-applied-configuration` annotation).
 //! 2. `baseline_s`: a plain client, as concurrent as the controller, creating N output-sized
 //!    Secrets and N status patches in a namespace the operator does not watch: the apiserver's
-//!    write limit on this machine, measured in the same run.
+//!    write limit on this machine, measured in the same run. `floor_s`: the same client making
+//!    the writes any correct operator must make for the cold sync's credentials (also the state
+//!    Secret of each credential whose refresh token rotates, and one Event each), without the
+//!    reads, token requests and watches; `floor_ratio` = floor / baseline is the best
+//!    `cold_sync_ratio` possible, `cold_sync_over_floor` how far the operator is from it.
 //! 3. `cold_sync_s`: N ProviderCredentials waiting (half Pix4D client credentials, half Dronetag
 //!    password grant with rotating refresh tokens), the operator started, time until all are Ready.
 //! 4. Steady state for `--steady-secs` with 60 s tokens: token requests, apiserver writes (from
@@ -147,7 +151,10 @@ fn operator_bin() -> PathBuf {
 }
 
 fn log(what: impl Display) {
-    eprintln!("[scale] {what}");
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    eprintln!("[scale {now}] {what}");
 }
 
 /// xorshift64*: random bytes for the unrelated Secrets and random picks for the samples.
@@ -328,6 +335,34 @@ fn output_like(i: usize, owner: &DynamicObject, rng: &mut Rng) -> Secret {
             ("token_type".to_string(), ByteString(b"Bearer".to_vec())),
             ("expires_at".to_string(), ByteString(expires.into_bytes())),
         ])),
+        ..Default::default()
+    }
+}
+
+/// The Event the controller records for a new token, for the floor.
+fn event_like(owner: &DynamicObject) -> k8s_openapi::api::events::v1::Event {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    k8s_openapi::api::events::v1::Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", owner.name_any())),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(jiff::Timestamp::now())),
+        action: Some("Issue".into()),
+        reason: Some("TokenIssued".into()),
+        note: Some("a token was issued; it expires in 60 s".into()),
+        type_: Some("Normal".into()),
+        reporting_controller: Some("tokensync".into()),
+        reporting_instance: Some("tokensync-bench".into()),
+        regarding: Some(ObjectReference {
+            api_version: Some(pc_resource().api_version),
+            kind: Some(pc_resource().kind),
+            name: Some(owner.name_any()),
+            namespace: owner.namespace(),
+            uid: owner.uid(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -804,7 +839,10 @@ impl Operator {
             .args(["run", "--allow-insecure-http", "--namespace", NS])
             .arg(format!("--concurrency={OPERATOR_CONCURRENCY}"))
             .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TOKENSYNC_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .kill_on_drop(true)
@@ -990,7 +1028,8 @@ impl Bench {
         delete_namespace(&self.client, BASELINE_NS, limit).await?;
         create_namespace(&self.client, NS).await?;
         self.unrelated().await?;
-        self.baseline().await?;
+        self.baseline(false).await?;
+        self.baseline(true).await?;
         self.cold_sync().await?;
         if self.args.steady_secs > 0 {
             self.steady().await?;
@@ -1044,11 +1083,15 @@ impl Bench {
 
     /// 2: the apiserver's write limit: N output-sized Secrets and N status patches by a plain
     /// client as concurrent as the controller, in a namespace the operator does not watch.
-    async fn baseline(&mut self) -> Res {
+    /// With `floor`, the writes any correct operator must make for the cold sync's credentials
+    /// (the same, plus the state Secret of every credential whose refresh token rotates and one
+    /// Event each): what the cold sync cannot beat.
+    async fn baseline(&mut self, floor: bool) -> Res {
         let n = self.args.n;
+        let what = if floor { "floor" } else { "baseline" };
         create_namespace(&self.client, BASELINE_NS).await?;
         log(format!(
-            "baseline: {n} ProviderCredentials in {BASELINE_NS} (untimed)"
+            "{what}: {n} ProviderCredentials in {BASELINE_NS} (untimed)"
         ));
         let pcs = pc_api(&self.client, BASELINE_NS);
         let base = self.fakes.base_url();
@@ -1060,7 +1103,7 @@ impl Bench {
                 let pc = pcs
                     .create(&PostParams::default(), &pc)
                     .await
-                    .ctx(format!("creating baseline ProviderCredential {i}"))?;
+                    .ctx(format!("creating {what} ProviderCredential {i}"))?;
                 created.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(pc);
                 Ok(())
             }
@@ -1072,38 +1115,61 @@ impl Bench {
                 .flatten()
                 .collect();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), BASELINE_NS);
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), BASELINE_NS);
         let seed = self.rng.next();
         let created = &created;
         log(format!(
-            "baseline: {n} Secret creates and {n} status applies, {CLIENT_CONCURRENCY} at a time"
+            "{what}: {n} Secret creates and {n} status applies{}, {CLIENT_CONCURRENCY} at a time",
+            if floor {
+                format!(", {} state Secret creates and {n} Events", n / 2)
+            } else {
+                String::new()
+            }
         ));
         let started = Instant::now();
         for_each(n, CLIENT_CONCURRENCY, |i| {
-            let (secrets, pcs) = (secrets.clone(), pcs.clone());
+            let (secrets, pcs, events) = (secrets.clone(), pcs.clone(), events.clone());
             async move {
                 let mut rng = Rng(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
                 let pc = &created[i];
+                // the cold sync's odd credentials are Dronetag's: their refresh token rotates
+                if floor && i % 2 == 1 {
+                    let mut state = output_like(i, pc, &mut rng);
+                    state.metadata.name = Some(format!("{}-tokensync-state", pc.name_any()));
+                    secrets
+                        .create(&PostParams::default(), &state)
+                        .await
+                        .ctx(format!("{what}: creating state Secret {i}"))?;
+                }
                 secrets
                     .create(&PostParams::default(), &output_like(i, pc, &mut rng))
                     .await
-                    .ctx(format!("baseline: creating Secret {i}"))?;
+                    .ctx(format!("{what}: creating Secret {i}"))?;
                 pcs.patch_status(
                     &pc.name_any(),
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&status_like(&mut rng)),
                 )
                 .await
-                .ctx(format!("baseline: applying the status of {i}"))?;
+                .ctx(format!("{what}: applying the status of {i}"))?;
+                if floor {
+                    events
+                        .create(&PostParams::default(), &event_like(pc))
+                        .await
+                        .ctx(format!("{what}: creating Event {i}"))?;
+                }
                 Ok(())
             }
         })
         .await?;
-        let baseline = started.elapsed().as_secs_f64();
-        log(format!(
-            "baseline: {baseline:.2} s ({:.0} writes/s)",
-            2.0 * n as f64 / baseline
-        ));
-        self.set("baseline_s", round(baseline, 2));
+        let took = started.elapsed().as_secs_f64();
+        log(format!("{what}: {took:.2} s"));
+        if floor {
+            self.set("floor_s", round(took, 2));
+        } else {
+            self.set("baseline_s", round(took, 2));
+        }
         // the cold sync had better not share the apiserver with this deletion; go on if it is slow
         if let Err(e) = delete_namespace(&self.client, BASELINE_NS, Duration::from_secs(600)).await
         {
@@ -1208,8 +1274,11 @@ impl Bench {
         self.writes_by_resource
             .insert("cold_sync", writes.by_resource());
         let baseline = self.report["baseline_s"].as_f64().unwrap_or(f64::NAN);
+        let floor = self.report["floor_s"].as_f64().unwrap_or(f64::NAN);
         self.set("cold_sync_s", round(cold, 2));
         self.set("cold_sync_ratio", round(cold / baseline, 2));
+        self.set("floor_ratio", round(floor / baseline, 2));
+        self.set("cold_sync_over_floor", round(cold / floor, 2));
         Ok(())
     }
 
@@ -1517,8 +1586,11 @@ const KEYS: &[&str] = &[
     "unrelated",
     "latency_ms",
     "baseline_s",
+    "floor_s",
     "cold_sync_s",
     "cold_sync_ratio",
+    "floor_ratio",
+    "cold_sync_over_floor",
     "requests_per_lifetime",
     "writes_per_renewal",
     "events_per_renewal",

@@ -390,6 +390,9 @@ async fn a_failing_revocation_never_blocks_deletion_forever() {
         2,
         "bounded attempts"
     );
+    // events are published off the reconcile's path: the Warning may follow the deletion
+    ns.wait_event("json-login-platform", "RevocationFailed")
+        .await;
     let events = ns.events("json-login-platform").await;
     assert!(
         events

@@ -21,6 +21,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::cache::Cached;
 use super::plan::{self, AfterError, Attempt, Failed, Plan, Writes};
 use super::reconcile::Reconcile;
 use super::state::State;
@@ -183,8 +184,12 @@ impl Reconcile<'_> {
             return match refused(&e) {
                 Some(why) => {
                     let name = super::state::name(&self.pc.name_any());
+                    let reason = match e {
+                        Error::NotOurs(_) => Reason::SecretOwnedElsewhere,
+                        _ => Reason::SecretWriteFailed,
+                    };
                     let failed = Failed::new(
-                        Reason::SecretWriteFailed,
+                        reason,
                         format!(
                             "the apiserver refused the state Secret {name:?}: {why}; what the provider issued could not be kept"
                         ),
@@ -247,31 +252,29 @@ impl Reconcile<'_> {
     /// appeared in the meantime is never taken over; one the apiserver refuses is a failure.
     async fn write_output(&self, writes: &Writes) -> Result<Result<(), Failed>, Error> {
         let name = writes.output.name_any();
-        let result = match &writes.output_version {
-            None => self
-                .secrets
-                .create(&PostParams::default(), &writes.output)
-                .await
-                .map(|s| self.ctx.own_writes.wrote(&s)),
-            Some(version) => {
-                let mut secret = writes.output.clone();
-                secret.metadata.resource_version = Some(version.clone());
-                self.secrets
-                    .patch(
-                        &name,
-                        &PatchParams::apply(output::MANAGER).force(),
-                        &Patch::Apply(&secret),
-                    )
-                    .await
-                    .map(|s| self.ctx.own_writes.wrote(&s))
-            }
+        let mut result = match &writes.output_version {
+            None => self.create(&writes.output).await,
+            Some(version) => self.apply_at(&writes.output, version).await,
         };
+        if writes.output_version.is_none()
+            && let Err(kube::Error::Api(s)) = &result
+            && s.code == 409
+        {
+            // it exists after all: the cache did not show it because someone removed our
+            // label; ours (by owner reference) is updated at the version read now
+            if let Some(current) = self.secrets.get_opt(&name).await?
+                && output::owned_by(&current, &self.pc)
+                && let Some(version) = current.resource_version()
+            {
+                result = self.apply_at(&writes.output, &version).await;
+            }
+        }
         match result {
             Ok(()) => Ok(Ok(())),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(Failed::new(
                 Reason::SecretOwnedElsewhere,
                 format!(
-                    "Secret {name:?} was created or changed by another writer meanwhile; the token is kept in the state Secret and written once the Secret is this credential's"
+                    "Secret {name:?} was created or changed by another writer meanwhile, or exists and is not owned by this ProviderCredential; the token is kept in the state Secret and written once the Secret is this credential's"
                 ),
             ))),
             Err(kube::Error::Api(s)) if matches!(s.code, 400 | 413 | 422) => Ok(Err(Failed::new(
@@ -282,6 +285,41 @@ impl Reconcile<'_> {
                 ),
             ))),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Create `secret` (an error 409 when it exists).
+    async fn create(&self, secret: &k8s_openapi::api::core::v1::Secret) -> kube::Result<()> {
+        let written = self.secrets.create(&PostParams::default(), secret).await?;
+        self.wrote(&written);
+        Ok(())
+    }
+
+    /// Apply `secret` at `version` (an error 409 when it changed since).
+    async fn apply_at(
+        &self,
+        secret: &k8s_openapi::api::core::v1::Secret,
+        version: &str,
+    ) -> kube::Result<()> {
+        let mut secret = secret.clone();
+        secret.metadata.resource_version = Some(version.to_string());
+        let written = self
+            .secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::apply(output::MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        self.wrote(&written);
+        Ok(())
+    }
+
+    /// Remember our own write: its watch event triggers nothing, and reads see it at once.
+    fn wrote(&self, written: &k8s_openapi::api::core::v1::Secret) {
+        self.ctx.own_writes.wrote(written);
+        if let Some(cache) = self.ctx.caches.of(&written.namespace().unwrap_or_default()) {
+            cache.wrote(written);
         }
     }
 
@@ -342,18 +380,52 @@ impl Reconcile<'_> {
         )
     }
 
+    /// Write the state Secret: created when missing, otherwise replaced whole at the version
+    /// last seen (the state is always written complete; a replace drops what it no longer
+    /// holds, whoever created the Secret). A Secret of that name that is not ours is refused,
+    /// never written over; a version gone stale (409) is read again once.
     pub(super) async fn apply_state(&self, state: &State) -> Result<(), Error> {
-        let secret = state.build(&self.pc);
-        let written = self
-            .secrets
-            .patch(
-                &secret.name_any(),
-                &PatchParams::apply(output::MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await?;
-        self.ctx.own_writes.wrote(&written);
-        Ok(())
+        let mut secret = state.build(&self.pc);
+        let name = secret.name_any();
+        let ns = self.pc.namespace().unwrap_or_default();
+        let cached = self.ctx.caches.of(&ns).map(|c| c.get(&ns, &name));
+        let mut version = match cached {
+            Some(Cached::Present(s)) => s.resource_version(),
+            Some(Cached::Absent) => None,
+            Some(Cached::Unknown) | None => self.current_state_version(&name).await?,
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = match &version {
+                None => self.secrets.create(&PostParams::default(), &secret).await,
+                Some(rv) => {
+                    secret.metadata.resource_version = Some(rv.clone());
+                    self.secrets
+                        .replace(&name, &PostParams::default(), &secret)
+                        .await
+                }
+            };
+            match result {
+                Ok(written) => {
+                    self.wrote(&written);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 2 => {
+                    version = self.current_state_version(&name).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The resourceVersion of the state Secret `name` as the apiserver has it now: `None` when
+    /// it does not exist, an error when it is not this credential's.
+    async fn current_state_version(&self, name: &str) -> Result<Option<String>, Error> {
+        match self.secrets.get_opt(name).await? {
+            Some(c) if !output::owned_by(&c, &self.pc) => Err(Error::NotOurs(name.to_string())),
+            found => Ok(found.and_then(|c| c.resource_version())),
+        }
     }
 
     /// Write the status when it differs from the one in place.
@@ -410,6 +482,9 @@ impl Reconcile<'_> {
 /// unreachable or failing: those are retried).
 fn refused(error: &Error) -> Option<String> {
     match error {
+        Error::NotOurs(name) => Some(format!(
+            "Secret {name:?} exists and is not owned by this ProviderCredential; tokensync never overwrites it"
+        )),
         Error::Kube(kube::Error::Api(s)) if matches!(s.code, 400 | 409 | 413 | 422) => {
             Some(s.message.clone())
         }

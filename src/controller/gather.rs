@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use super::cache::{self, IfAbsent, SecretCache};
 use super::state::{self, State};
-use super::{Context, Error};
+use super::{Context, Error, plan};
 use crate::crd::ProviderCredential;
 use crate::providers::Upstream;
 use crate::reason::Reason;
@@ -92,11 +93,57 @@ pub async fn gather(
     pc: Arc<ProviderCredential>,
 ) -> Result<Snapshot, Error> {
     let spec = &pc.spec;
-    let output = secrets.get_opt(&spec.output.secret_name).await?;
-    let inputs_secret = secrets.get_opt(&spec.inputs.secret_name).await?;
-    let state_secret = secrets.get_opt(&state::name(&pc.name_any())).await?;
-    let upstream = upstream(&ctx.client, secrets, &pc).await?;
-    let http = http_client(ctx, secrets, &pc).await?;
+    // the Secrets come from the watch cache (cache.rs); what is not there is read, all at once
+    let ns = pc.namespace().unwrap_or_default();
+    let cache = ready_cache(ctx, &ns).await;
+    // a grant that spends a one-time input reads its output and state Secrets from the
+    // apiserver: a Secret in the way (not ours, so not watched) must be found before the input
+    // is spent, not when what it bought is to be stored
+    let verified = if plan::one_time_grant(spec) {
+        None
+    } else {
+        cache.as_ref()
+    };
+    // an output Secret this credential never wrote is looked for at the apiserver: one that
+    // is in the way (not ours, so not watched) is reported before any request is made
+    let written_before = pc
+        .status
+        .as_ref()
+        .is_some_and(|s| s.token_fingerprint.is_some());
+    let output_absent = if written_before {
+        IfAbsent::Absent
+    } else {
+        IfAbsent::Ask
+    };
+    let state_name = state::name(&pc.name_any());
+    let (output, inputs_secret, state_secret, upstream, http) = tokio::try_join!(
+        async {
+            let output = cache::read(
+                verified,
+                secrets,
+                &ns,
+                &spec.output.secret_name,
+                output_absent,
+            );
+            Ok::<_, Error>(output.await?)
+        },
+        async {
+            let inputs = cache::read(
+                cache.as_ref(),
+                secrets,
+                &ns,
+                &spec.inputs.secret_name,
+                IfAbsent::Ask,
+            );
+            Ok(inputs.await?)
+        },
+        async {
+            let state = cache::read(verified, secrets, &ns, &state_name, IfAbsent::Absent);
+            Ok(state.await?)
+        },
+        upstream(ctx, cache.as_ref(), secrets, &pc),
+        http_client(ctx, secrets, &pc),
+    )?;
     let opted_in = inputs_secret.as_ref().is_some_and(opted_in);
     // labelling the Secret counts as new inputs, so it is retried at once
     let hash = inputs_secret.as_ref().map(|s| {
@@ -124,9 +171,23 @@ pub async fn gather(
     })
 }
 
+/// How long a reconcile waits for the Secret watches to list before it reads from the
+/// apiserver instead (a watch that cannot list, e.g. for want of RBAC, never stops reconciles).
+const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The Secret cache for `ns`, once it has listed.
+async fn ready_cache(ctx: &Context, ns: &str) -> Option<SecretCache> {
+    let cache = ctx.caches.of(ns)?;
+    tokio::time::timeout(CACHE_WAIT, cache.wait_until_ready())
+        .await
+        .ok()?;
+    Some(cache)
+}
+
 /// The upstream credential's current token, when the spec names one.
 pub(super) async fn upstream(
-    client: &kube::Client,
+    ctx: &Context,
+    cache: Option<&SecretCache>,
     secrets: &Api<Secret>,
     pc: &ProviderCredential,
 ) -> Result<Option<Result<Upstream, (Reason, String)>>, Error> {
@@ -134,12 +195,12 @@ pub(super) async fn upstream(
         return Ok(None);
     };
     let name = &up.provider_credential;
-    if let Some(problem) = chain_problem(client, pc).await? {
+    if let Some(problem) = chain_problem(&ctx.client, pc).await? {
         return Ok(Some(Err(problem)));
     }
     let now = renewal::now();
-    let state = secrets
-        .get_opt(&state::name(name))
+    let ns = pc.namespace().unwrap_or_default();
+    let state = cache::read(cache, secrets, &ns, &state::name(name), IfAbsent::Absent)
         .await?
         .map(|s| State::read(&s));
     let live = state.and_then(|s| {

@@ -1,5 +1,6 @@
 //! The ProviderCredential controller: wiring of watches, the reconcile steps and error policy.
 
+mod cache;
 mod events;
 mod execute;
 mod gather;
@@ -19,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, ResourceExt, core::PartialObjectMeta};
+use kube::{Api, Client, ResourceExt};
 
 pub use gather::INPUTS_LABEL;
 pub use index::{Dependents, OwnWrites};
@@ -84,6 +85,8 @@ pub struct Context {
     pub dependents: Dependents,
     /// The Secrets this controller wrote, at the version it wrote.
     pub own_writes: OwnWrites,
+    /// The watched Secrets of each running controller.
+    pub caches: Arc<cache::Caches>,
     /// Events waiting to be published (off the reconciles' path).
     pub events: events::Events,
 }
@@ -128,6 +131,7 @@ impl Context {
             discovery: providers::Discovery::default(),
             dependents: Dependents::default(),
             own_writes: OwnWrites::default(),
+            caches: Arc::default(),
             events: events::Events::new(),
             config,
         })
@@ -158,6 +162,8 @@ pub enum Error {
     RevocationPending { attempts: u32 },
     #[error("the ProviderCredential changed since it was read; reconciling it again")]
     Stale,
+    #[error("Secret {0:?} exists and is not owned by this ProviderCredential")]
+    NotOurs(String),
 }
 
 impl Error {
@@ -239,11 +245,6 @@ fn triggers(pc: &ProviderCredential) -> Option<u64> {
 /// How long a reconcile waits after its last trigger (see `run_one`).
 const DEBOUNCE: Duration = Duration::from_secs(1);
 
-/// Secrets listed per page when the Secret watch (re)lists: a page is held whole while it is
-/// read, and a Secret's metadata can be as large as its data (client-side `kubectl apply` keeps
-/// a copy in an annotation), so pages stay small.
-const SECRET_PAGE: u32 = 50;
-
 /// What the controller keeps of a ProviderCredential: not its managed fields nor a client-side
 /// apply's copy of the whole object.
 fn trim(pc: &mut ProviderCredential) {
@@ -283,7 +284,6 @@ async fn run_one(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let pcreds: Api<ProviderCredential> = api(&ctx.client, ns.as_deref());
-    let secrets: Api<PartialObjectMeta<Secret>> = api(&ctx.client, ns.as_deref());
     // credentials that just became another's upstream are reconciled at once (see Dependents)
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let (store, writer) = reflector::store();
@@ -326,24 +326,26 @@ async fn run_one(
     let config = kube::runtime::controller::Config::default()
         .concurrency(ctx.config.concurrency.saturating_mul(4))
         .debounce(DEBOUNCE);
-    let index_of = ctx.clone();
+    // Two label-selected watches of Secrets (see cache.rs): the outputs and state Secrets this
+    // controller writes, and the opted-in inputs Secrets. They keep what reconciles read, and
+    // map a changed or deleted Secret back to the credentials that depend on it (a lookup in
+    // the index, not a scan). A Secret event carrying our own write maps to nothing.
+    let secrets: Api<Secret> = api(&ctx.client, ns.as_deref());
+    let (cache, [managed, inputs]) = cache::watch(secrets, ns.clone(), store.clone(), ctx.clone());
+    let _cache = ctx.caches.register(cache);
+    let mapper = |ctx: Arc<Context>| {
+        move |secret: Secret| {
+            if ctx.own_writes.is_own(&secret) {
+                return Vec::new();
+            }
+            let ns = secret.namespace().unwrap_or_default();
+            ctx.dependents.of(&ns, &secret.name_any())
+        }
+    };
     controller
         .with_config(config)
-        // One metadata-only watch over Secrets, in small pages: an output Secret changed or
-        // deleted by hand, an inputs or CA Secret created or changed, or an upstream
-        // credential's new token, maps back to the ProviderCredentials that depend on it (a
-        // lookup in the index, not a scan).
-        .watches(
-            secrets,
-            watcher::Config::default().page_size(SECRET_PAGE),
-            move |secret| {
-                if index_of.own_writes.is_own(&secret) {
-                    return Vec::new();
-                }
-                let ns = secret.namespace().unwrap_or_default();
-                index_of.dependents.of(&ns, &secret.name_any())
-            },
-        )
+        .watches_stream(managed, mapper(ctx.clone()))
+        .watches_stream(inputs, mapper(ctx.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {

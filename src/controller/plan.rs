@@ -709,16 +709,21 @@ fn one_time_input<'i>(
     inputs.get(spec.inputs.keys.key(role))
 }
 
-/// Whether the inputs allow the primary grant: always, unless it consumes a one-time input that
-/// is absent or already used.
-fn primary_possible(spec: &ProviderCredentialSpec, inputs: &Inputs, state: &State) -> bool {
-    let one_time = spec.oauth2.as_ref().is_some_and(|o| {
+/// Whether the primary grant consumes a one-time input (an authorization code, a bootstrap
+/// refresh token).
+pub fn one_time_grant(spec: &ProviderCredentialSpec) -> bool {
+    spec.oauth2.as_ref().is_some_and(|o| {
         matches!(
             o.grant_type,
             GrantType::AuthorizationCode | GrantType::RefreshToken
         )
-    });
-    if !one_time {
+    })
+}
+
+/// Whether the inputs allow the primary grant: always, unless it consumes a one-time input that
+/// is absent or already used.
+fn primary_possible(spec: &ProviderCredentialSpec, inputs: &Inputs, state: &State) -> bool {
+    if !one_time_grant(spec) {
         return true;
     }
     one_time_input(spec, inputs).is_some_and(|v| !state.used_inputs.contains(&v.fingerprint()))

@@ -139,7 +139,7 @@ impl Reconcile<'_> {
             Some(s) => Inputs::from_secret(&s).with_public_roles(&self.pc.spec.inputs.keys),
             None => Inputs::default(),
         };
-        let upstream = super::gather::upstream(&self.ctx.client, &self.secrets, &self.pc)
+        let upstream = super::gather::upstream(self.ctx, None, &self.secrets, &self.pc)
             .await?
             .and_then(Result::ok);
         self.revoke_due(&mut state, &inputs, upstream).await;

@@ -146,6 +146,9 @@ where
             return v;
         }
         if tokio::time::Instant::now() > deadline {
+            if let Some(path) = std::env::var_os("TOKENSYNC_TEST_LOG_DUMP") {
+                let _ = std::fs::write(path, captured_logs());
+            }
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
