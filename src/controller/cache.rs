@@ -44,13 +44,23 @@ const PAGE: u32 = 50;
 type Key = (String, String);
 
 /// What the cache knows of a Secret.
-#[derive(Debug)]
 pub enum Cached {
     /// Not there (as of the watch, and not written by us since).
     Absent,
     Present(Arc<Secret>),
     /// There, but kept without its data: read it from the apiserver.
     Unknown,
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the Secret's data
+        match self {
+            Cached::Absent => f.write_str("Absent"),
+            Cached::Present(s) => write!(f, "Present({:?})", s.name_any()),
+            Cached::Unknown => f.write_str("Unknown"),
+        }
+    }
 }
 
 /// The watched Secrets of one controller (one namespace, or all).
@@ -60,28 +70,34 @@ pub struct SecretCache {
     managed: Store<Secret>,
     inputs: Store<Secret>,
     overlay: Arc<Overlay>,
-    /// Whether each watch has listed (any number of reconciles may wait on it; a `Store`
-    /// wakes one waiter only).
-    listed: Arc<tokio::sync::watch::Sender<[bool; 2]>>,
+    /// Where each watch is (any number of reconciles may wait on it; a `Store` wakes one
+    /// waiter only).
+    listed: Arc<tokio::sync::watch::Sender<[Listing; 2]>>,
 }
 
 impl SecretCache {
-    /// Once both watches have listed.
-    pub async fn wait_until_ready(&self) {
-        let _ = self
-            .listed
-            .subscribe()
-            .wait_for(|listed| listed.iter().all(|l| *l))
-            .await;
+    /// Whether the cache can be read: both watches have listed, and none has failed since.
+    /// While it never listed, wait for it up to `wait`; once a watch has failed, not at all
+    /// (reads go to the apiserver until it has listed again).
+    pub async fn ready_within(&self, wait: std::time::Duration) -> bool {
+        let ready = |l: &[Listing; 2]| l.iter().all(|l| *l == Listing::Listed);
+        let mut rx = self.listed.subscribe();
+        if rx.borrow().contains(&Listing::Failed) {
+            return ready(&rx.borrow());
+        }
+        tokio::time::timeout(wait, rx.wait_for(ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The Secret `name` in `ns` as last written or watched.
     pub fn get(&self, ns: &str, name: &str) -> Cached {
-        if let Some(written) = self.overlay.get(ns, name) {
-            return Cached::Present(written);
-        }
         let key = ObjectRef::new(name).within(ns);
-        let found = self.managed.get(&key).or_else(|| self.inputs.get(&key));
+        let found = self
+            .overlay
+            .get(ns, name)
+            .or_else(|| self.managed.get(&key))
+            .or_else(|| self.inputs.get(&key));
         match found {
             None => Cached::Absent,
             Some(s) if s.annotations().contains_key(STUB) => Cached::Unknown,
@@ -93,12 +109,27 @@ impl SecretCache {
     pub fn wrote(&self, written: &Secret) {
         let mut s = written.clone();
         trim(&mut s, true);
-        self.overlay.insert(s);
+        let key = ObjectRef::new(&s.name_any()).within(&s.namespace().unwrap_or_default());
+        self.overlay.insert(s, || self.managed.get(&key));
+    }
+
+    /// Forget our last write of a Secret: the apiserver has a newer version (a conflict).
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.overlay.forget(ns, name);
     }
 
     fn covers(&self, ns: &str) -> bool {
         self.scope.as_deref().is_none_or(|s| s == ns)
     }
+}
+
+/// Where a watch is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    NotYet,
+    Listed,
+    /// Failed after it had listed; relisting.
+    Failed,
 }
 
 /// The caches of the running controllers, by the namespace they watch (`None`: all).
@@ -146,7 +177,7 @@ impl Drop for Registered {
     }
 }
 
-/// Our writes not yet delivered by the watch, each with the relist generation it was made in.
+/// Our writes (outputs and state, all selected by the managed watch) not yet in its store.
 #[derive(Default)]
 struct Overlay {
     inner: Mutex<OverlayInner>,
@@ -154,11 +185,35 @@ struct Overlay {
 
 #[derive(Default)]
 struct OverlayInner {
-    written: HashMap<Key, (u64, Arc<Secret>)>,
+    written: HashMap<Key, Written>,
     /// Writes so far (a sequence number for each).
     seq: u64,
-    /// The sequence number when the relist in progress of each watch began.
-    relists: [Option<u64>; 2],
+    /// The sequence number when the managed watch's relist in progress began.
+    relist: Option<u64>,
+}
+
+struct Written {
+    seq: u64,
+    secret: Arc<Secret>,
+    /// Delivered by a relist, which reaches the store when the relist ends.
+    relisted: bool,
+}
+
+/// Whether an event's version is our write's or a later one. Resource versions are opaque to
+/// clients, but the apiserver's are etcd revisions, numbers that only grow; a version that is
+/// not a number counts as later (the entry ends, and the store is read).
+fn at_or_after(event: Option<String>, ours: Option<String>) -> bool {
+    match (event, ours) {
+        (Some(e), Some(o)) => {
+            e == o || !matches!((e.parse::<u64>(), o.parse::<u64>()), (Ok(e), Ok(o)) if e < o)
+        }
+        _ => true,
+    }
+}
+
+/// Whether `event` (of the same name) is our write `ours`, a later version, or another object.
+fn supersedes(event: &Secret, ours: &Secret) -> bool {
+    at_or_after(event.resource_version(), ours.resource_version()) || event.uid() != ours.uid()
 }
 
 impl Overlay {
@@ -170,62 +225,132 @@ impl Overlay {
         self.lock()
             .written
             .get(&(ns.to_string(), name.to_string()))
-            .map(|(_, s)| s.clone())
+            .map(|w| w.secret.clone())
     }
 
-    fn insert(&self, secret: Secret) {
+    /// Keep `secret` unless the store already holds it or a later version (the watch can
+    /// deliver a write before its response arrives). `stored` reads the store under the lock
+    /// the watch takes after it updated the store.
+    fn insert(&self, secret: Secret, stored: impl FnOnce() -> Option<Arc<Secret>>) {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
         let mut inner = self.lock();
+        if stored().is_some_and(|s| {
+            s.uid() == secret.uid() && at_or_after(s.resource_version(), secret.resource_version())
+        }) {
+            inner.written.remove(&key);
+            return;
+        }
         inner.seq += 1;
         let seq = inner.seq;
-        inner.written.insert(key, (seq, Arc::new(secret)));
+        let secret = Arc::new(secret);
+        inner.written.insert(
+            key,
+            Written {
+                seq,
+                secret,
+                relisted: false,
+            },
+        );
     }
 
-    /// A watch event, after it reached the store: our write is in the store once the watch
-    /// delivered its version, or the object is gone, or a relist begun after it has ended.
-    fn observe(&self, watch: usize, event: &watcher::Event<Secret>) {
+    /// Forget what we wrote to a Secret (a conflict said the apiserver has a newer version).
+    fn forget(&self, ns: &str, name: &str) {
+        self.lock()
+            .written
+            .remove(&(ns.to_string(), name.to_string()));
+    }
+
+    /// An event of the managed watch, after it reached the store: an entry ends when the watch
+    /// delivers its version or a later one, when the Secret is deleted, and when a relist that
+    /// delivered it (or began after it) ends.
+    fn observe(&self, event: &watcher::Event<Secret>) {
         let mut inner = self.lock();
+        let key = |s: &Secret| (s.namespace().unwrap_or_default(), s.name_any());
         match event {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                let key = (s.namespace().unwrap_or_default(), s.name_any());
-                let delivered = inner.written.get(&key).is_some_and(|(_, w)| {
-                    w.resource_version().is_some() && w.resource_version() == s.resource_version()
-                });
-                if delivered {
-                    inner.written.remove(&key);
+            watcher::Event::Apply(s) => {
+                let k = key(s);
+                if inner
+                    .written
+                    .get(&k)
+                    .is_some_and(|w| supersedes(s, &w.secret))
+                {
+                    inner.written.remove(&k);
+                }
+            }
+            watcher::Event::InitApply(s) => {
+                if let Some(w) = inner.written.get_mut(&key(s))
+                    && supersedes(s, &w.secret)
+                {
+                    w.relisted = true;
                 }
             }
             watcher::Event::Delete(s) => {
-                let key = (s.namespace().unwrap_or_default(), s.name_any());
-                inner.written.remove(&key);
+                inner.written.remove(&key(s));
             }
             watcher::Event::Init => {
-                let seq = inner.seq;
-                if let Some(slot) = inner.relists.get_mut(watch) {
-                    *slot = Some(seq);
-                }
+                inner.relist = Some(inner.seq);
             }
             watcher::Event::InitDone => {
-                if let Some(began) = inner.relists.get_mut(watch).and_then(Option::take) {
-                    inner.written.retain(|_, (seq, _)| *seq > began);
+                if let Some(began) = inner.relist.take() {
+                    inner.written.retain(|_, w| w.seq > began && !w.relisted);
                 }
             }
         }
     }
 }
 
-/// What is kept of a watched Secret: no managed fields, only tokensync's annotations, and the
-/// data only when `keep_data`.
+/// The annotations a reconcile reads from a Secret it wrote (see output.rs).
+const KEPT_ANNOTATIONS: &[&str] = &[
+    "tokensync.dev/provider-credential",
+    "tokensync.dev/issued-at",
+    "tokensync.dev/expires-at",
+    "tokensync.dev/renew-at",
+    "tokensync.dev/source",
+    "tokensync.dev/fingerprint",
+];
+/// Metadata kept per Secret at most (labels, annotations, owners), beyond which it is a stub.
+const MAX_CACHED_METADATA: usize = 8 * 1024;
+
+/// What is kept of a watched Secret: no managed fields, no annotations but the few tokensync
+/// reads; the data only when `keep_data`. A stub (no data) keeps only what maps it
+/// to credentials: name, version, uid, the controller owner and the selector labels.
 fn trim(secret: &mut Secret, keep_data: bool) {
-    secret.metadata.managed_fields = None;
-    if let Some(annotations) = secret.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with("tokensync.dev/") && k != STUB);
+    let meta = &mut secret.metadata;
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, v| KEPT_ANNOTATIONS.contains(&k.as_str()) && v.len() <= 256);
     }
-    if !keep_data {
+    if !keep_data || metadata_bytes(secret) > MAX_CACHED_METADATA {
         secret.data = None;
         secret.string_data = None;
-        secret.annotations_mut().insert(STUB.into(), "true".into());
+        let meta = &mut secret.metadata;
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.retain(|k, _| k == MANAGED_BY_LABEL || k == INPUTS_LABEL);
+        }
+        meta.owner_references = meta.owner_references.take().map(|refs| {
+            refs.into_iter()
+                .filter(|o| o.controller == Some(true))
+                .take(1)
+                .collect()
+        });
+        meta.annotations = Some([(STUB.to_string(), "true".to_string())].into());
+        meta.finalizers = None;
     }
+}
+
+fn metadata_bytes(secret: &Secret) -> usize {
+    let meta = &secret.metadata;
+    let pairs = |m: &Option<std::collections::BTreeMap<String, String>>| -> usize {
+        m.iter().flatten().map(|(k, v)| k.len() + v.len()).sum()
+    };
+    let owners: usize = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|o| o.name.len() + o.kind.len() + o.api_version.len() + o.uid.len())
+        .sum();
+    let finalizers: usize = meta.finalizers.iter().flatten().map(String::len).sum();
+    pairs(&meta.labels) + pairs(&meta.annotations) + owners + finalizers
 }
 
 fn data_bytes(secret: &Secret) -> usize {
@@ -257,7 +382,7 @@ pub fn watch(
     let (managed, managed_writer) = reflector::store();
     let (inputs, inputs_writer) = reflector::store();
     let overlay = Arc::new(Overlay::default());
-    let listed = Arc::new(tokio::sync::watch::Sender::new([false; 2]));
+    let listed = Arc::new(tokio::sync::watch::Sender::new([Listing::NotYet; 2]));
     let one = |index: usize, selector: String, writer: reflector::store::Writer<Secret>| {
         let (api, credentials, ctx, overlay, listed) = (
             api.clone(),
@@ -266,23 +391,35 @@ pub fn watch(
             overlay.clone(),
             listed.clone(),
         );
+        let failed = listed.clone();
         let config = watcher::Config::default().labels(&selector).page_size(PAGE);
         let secrets = watcher(api, config)
             .default_backoff()
             .modify(move |s: &mut Secret| {
-                let named = !ctx
+                let named = ctx
                     .dependents
-                    .of(&s.namespace().unwrap_or_default(), &s.name_any())
-                    .is_empty();
+                    .reads(&s.namespace().unwrap_or_default(), &s.name_any());
                 trim(s, named && data_bytes(s) <= MAX_CACHED_BYTES);
             })
             .reflect(writer)
             .map_ok(move |event| {
-                overlay.observe(index, &event);
+                // our writes are all outputs and state Secrets: the managed watch's
+                if index == 0 {
+                    overlay.observe(&event);
+                }
                 if matches!(event, watcher::Event::InitDone) {
-                    listed.send_modify(|l| l[index] = true);
+                    listed.send_modify(|l| l[index] = Listing::Listed);
                 }
                 event
+            })
+            .inspect_err(move |error| {
+                // reads go to the apiserver until the watch has listed again
+                failed.send_modify(|l| {
+                    if l[index] == Listing::Listed {
+                        l[index] = Listing::Failed;
+                    }
+                });
+                tracing::warn!(%error, "the Secret watch failed; reading Secrets from the apiserver until it recovers");
             })
             .touched_objects();
         // nothing is listed before the credentials are (polled only from then on)
@@ -333,15 +470,15 @@ pub async fn read(
     match cache.map(|c| c.get(ns, name)) {
         Some(Cached::Present(s)) => Ok(Some(Secret::clone(&s))),
         Some(Cached::Absent) if absent == IfAbsent::Absent => Ok(None),
-        // served from the apiserver's watch cache, not etcd: a Secret that appears a moment
-        // later meets a create that fails (409), and a changed one triggers a reconcile
-        Some(_) => match secrets.get_with(name, &GetParams::any()).await {
+        // is a Secret that is not ours in the way? Served from the apiserver's watch cache,
+        // not etcd: one that appears a moment later meets a create that fails (409)
+        Some(Cached::Absent) => match secrets.get_with(name, &GetParams::any()).await {
             Ok(s) => Ok(Some(s)),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
             Err(e) => Err(e),
         },
-        // no cache (or reads that must be current): a quorum read
-        None => secrets.get_opt(name).await,
+        // kept without data, or no cache (or reads that must be current): a quorum read
+        Some(Cached::Unknown) | None => secrets.get_opt(name).await,
     }
 }
 
@@ -375,48 +512,78 @@ mod tests {
         let mut s = Secret::default();
         s.metadata.namespace = Some("ns".into());
         s.metadata.name = Some(name.into());
+        s.metadata.uid = Some("u1".into());
         s.metadata.resource_version = Some(rv.into());
         s
     }
 
-    /// Our write is read back until the watch delivers it, whatever came before.
+    fn rv(o: &Overlay, name: &str) -> Option<String> {
+        o.get("ns", name).and_then(|s| s.resource_version())
+    }
+
+    /// Our write is read back until the watch delivers it or a later version; an older event
+    /// delivered late does not end it.
     #[test]
     fn a_write_is_read_back_until_the_watch_delivers_it() {
         let o = Overlay::default();
-        o.insert(secret("x-tokensync-state", "7"));
-        // an older event of the same Secret (delivered late) does not end it
-        o.observe(0, &watcher::Event::Apply(secret("x-tokensync-state", "5")));
-        assert_eq!(
-            o.get("ns", "x-tokensync-state")
-                .and_then(|s| s.resource_version()),
-            Some("7".into())
-        );
+        o.insert(secret("x-tokensync-state", "7"), || None);
+        o.observe(&watcher::Event::Apply(secret("x-tokensync-state", "5")));
+        assert_eq!(rv(&o, "x-tokensync-state").as_deref(), Some("7"));
         assert!(o.get("other", "x-tokensync-state").is_none());
-        o.observe(0, &watcher::Event::Apply(secret("x-tokensync-state", "7")));
+        o.observe(&watcher::Event::Apply(secret("x-tokensync-state", "7")));
         assert!(o.get("ns", "x-tokensync-state").is_none());
-        // a deletion ends it too
-        o.insert(secret("y", "9"));
-        o.observe(1, &watcher::Event::Delete(secret("y", "10")));
+        // a later version (someone else's write after ours) ends it too
+        o.insert(secret("out", "10"), || None);
+        o.observe(&watcher::Event::Apply(secret("out", "12")));
+        assert!(o.get("ns", "out").is_none());
+        // so does a deletion, and a new object of the same name
+        o.insert(secret("y", "9"), || None);
+        o.observe(&watcher::Event::Delete(secret("y", "10")));
         assert!(o.get("ns", "y").is_none());
+        o.insert(secret("z", "20"), || None);
+        let mut recreated = secret("z", "3");
+        recreated.metadata.uid = Some("u2".into());
+        o.observe(&watcher::Event::Apply(recreated));
+        assert!(o.get("ns", "z").is_none());
     }
 
-    /// A relist that began after a write holds it (the list is consistent); one that began
-    /// before may not.
+    /// The watch may deliver our write before its response arrives: a write the store
+    /// already holds is not kept (it would never be delivered again).
     #[test]
-    fn a_relist_begun_after_a_write_ends_it() {
+    fn a_write_the_store_already_holds_is_not_kept() {
         let o = Overlay::default();
-        o.insert(secret("before", "3"));
-        o.observe(0, &watcher::Event::Init);
-        o.insert(secret("during", "4"));
-        o.observe(1, &watcher::Event::InitDone); // the other watch's relist: nothing ends
+        o.insert(secret("s", "8"), || Some(Arc::new(secret("s", "8"))));
+        assert!(o.get("ns", "s").is_none());
+        o.insert(secret("s", "9"), || Some(Arc::new(secret("s", "8"))));
+        assert_eq!(rv(&o, "s").as_deref(), Some("9"));
+        o.forget("ns", "s");
+        assert!(o.get("ns", "s").is_none());
+    }
+
+    /// A relist reaches the store when it ends: what it delivered, and what was written before
+    /// it began, end then, not before.
+    #[test]
+    fn a_relist_ends_what_it_delivered_when_it_is_done() {
+        let o = Overlay::default();
+        o.insert(secret("before", "3"), || None);
+        o.observe(&watcher::Event::Init);
+        o.insert(secret("during", "4"), || None);
+        o.insert(secret("during-unlisted", "6"), || None);
+        o.observe(&watcher::Event::InitApply(secret("during", "4")));
+        assert_eq!(
+            rv(&o, "during").as_deref(),
+            Some("4"),
+            "not in the store yet"
+        );
         assert!(o.get("ns", "before").is_some());
-        o.observe(0, &watcher::Event::InitDone);
+        o.observe(&watcher::Event::InitDone);
         assert!(o.get("ns", "before").is_none());
-        assert!(o.get("ns", "during").is_some());
+        assert!(o.get("ns", "during").is_none());
+        assert!(o.get("ns", "during-unlisted").is_some());
     }
 
     /// What is kept of a watched Secret: never managed fields or a kubectl copy; data only
-    /// when asked, and a stub says it is missing.
+    /// when asked; a stub says it is missing and keeps next to nothing.
     #[test]
     fn trimmed_secrets_keep_only_what_reconciles_read() {
         let mut s = secret("in", "1");
@@ -424,10 +591,16 @@ mod tests {
             [
                 ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
                 ("tokensync.dev/issued-at", "2026-01-01T00:00:00Z"),
+                ("tokensync.dev/huge", "x"),
                 (STUB, "true"),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .into(),
+        );
+        s.metadata.labels = Some(
+            [(INPUTS_LABEL, "true"), ("team", "a")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
         );
         s.metadata.managed_fields = Some(vec![Default::default()]);
         s.data = Some([("password".to_string(), ByteString(b"p".to_vec()))].into());
@@ -442,6 +615,26 @@ mod tests {
         assert_eq!(data_bytes(&kept), "password".len() + 1);
         trim(&mut s, false);
         assert!(s.data.is_none());
-        assert!(s.annotations().contains_key(STUB));
+        assert_eq!(s.annotations().keys().collect::<Vec<_>>(), [STUB]);
+        assert_eq!(s.labels().keys().collect::<Vec<_>>(), [INPUTS_LABEL]);
+        // metadata beyond the cap makes a stub too (anyone can label a Secret)
+        let mut big = secret("big", "1");
+        big.metadata.labels = Some(
+            (0..200)
+                .map(|i| (format!("l{i}"), "v".repeat(60)))
+                .collect(),
+        );
+        big.data = Some([("k".to_string(), ByteString(b"v".to_vec()))].into());
+        trim(&mut big, true);
+        assert!(big.data.is_none() && big.annotations().contains_key(STUB));
+    }
+
+    #[test]
+    fn versions_compare_as_etcd_revisions() {
+        let v = |s: &str| Some(s.to_string());
+        assert!(at_or_after(v("10"), v("9")));
+        assert!(at_or_after(v("9"), v("9")));
+        assert!(!at_or_after(v("9"), v("10")));
+        assert!(at_or_after(v("opaque"), v("10")));
     }
 }

@@ -269,6 +269,13 @@ impl Reconcile<'_> {
                 result = self.apply_at(&writes.output, &version).await;
             }
         }
+        if let Err(kube::Error::Api(s)) = &result
+            && s.code == 409
+            && let Some(cache) = self.ctx.caches.of(&self.pc.namespace().unwrap_or_default())
+        {
+            // the apiserver has a newer version than we last wrote: read that one next time
+            cache.forget(&self.pc.namespace().unwrap_or_default(), &name);
+        }
         match result {
             Ok(()) => Ok(Ok(())),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(Failed::new(
@@ -388,9 +395,12 @@ impl Reconcile<'_> {
         let mut secret = state.build(&self.pc);
         let name = secret.name_any();
         let ns = self.pc.namespace().unwrap_or_default();
-        let cached = self.ctx.caches.of(&ns).map(|c| c.get(&ns, &name));
-        let mut version = match cached {
-            Some(Cached::Present(s)) => s.resource_version(),
+        let cache = self.ctx.caches.of(&ns);
+        let mut version = match cache.as_ref().map(|c| c.get(&ns, &name)) {
+            Some(Cached::Present(current)) => {
+                keep_foreign_metadata(&mut secret, &current);
+                current.resource_version()
+            }
             Some(Cached::Absent) => None,
             Some(Cached::Unknown) | None => self.current_state_version(&name).await?,
         };
@@ -411,7 +421,11 @@ impl Reconcile<'_> {
                     self.wrote(&written);
                     return Ok(());
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 2 => {
+                // created, changed or deleted meanwhile: as the apiserver has it now
+                Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) && attempts < 3 => {
+                    if let Some(c) = &cache {
+                        c.forget(&ns, &name);
+                    }
                     version = self.current_state_version(&name).await?;
                 }
                 Err(e) => return Err(e.into()),
@@ -475,6 +489,25 @@ impl Reconcile<'_> {
             secondary: None,
         };
         self.ctx.events.queue(event, self.pc.object_ref(&()));
+    }
+}
+
+/// Labels, annotations and finalizers others put on the state Secret survive its replacement.
+fn keep_foreign_metadata(
+    secret: &mut k8s_openapi::api::core::v1::Secret,
+    current: &k8s_openapi::api::core::v1::Secret,
+) {
+    for (k, v) in current.labels() {
+        secret.labels_mut().entry(k.clone()).or_insert(v.clone());
+    }
+    for (k, v) in current.annotations() {
+        secret
+            .annotations_mut()
+            .entry(k.clone())
+            .or_insert(v.clone());
+    }
+    if !current.finalizers().is_empty() {
+        secret.metadata.finalizers = current.metadata.finalizers.clone();
     }
 }
 

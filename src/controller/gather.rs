@@ -104,13 +104,15 @@ pub async fn gather(
     } else {
         cache.as_ref()
     };
-    // an output Secret this credential never wrote is looked for at the apiserver: one that
-    // is in the way (not ours, so not watched) is reported before any request is made
+    // a Secret the cache does not have may still be in the way (one that is not ours is not
+    // watched): the output is looked for whenever it is missing (a new credential, a renamed
+    // output), the state until this credential has written a token, so that such a Secret is
+    // reported before any request is made
     let written_before = pc
         .status
         .as_ref()
         .is_some_and(|s| s.token_fingerprint.is_some());
-    let output_absent = if written_before {
+    let state_absent = if written_before {
         IfAbsent::Absent
     } else {
         IfAbsent::Ask
@@ -123,7 +125,7 @@ pub async fn gather(
                 secrets,
                 &ns,
                 &spec.output.secret_name,
-                output_absent,
+                IfAbsent::Ask,
             );
             Ok::<_, Error>(output.await?)
         },
@@ -138,7 +140,7 @@ pub async fn gather(
             Ok(inputs.await?)
         },
         async {
-            let state = cache::read(verified, secrets, &ns, &state_name, IfAbsent::Absent);
+            let state = cache::read(verified, secrets, &ns, &state_name, state_absent);
             Ok(state.await?)
         },
         upstream(ctx, cache.as_ref(), secrets, &pc),
@@ -178,10 +180,7 @@ const CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The Secret cache for `ns`, once it has listed.
 async fn ready_cache(ctx: &Context, ns: &str) -> Option<SecretCache> {
     let cache = ctx.caches.of(ns)?;
-    tokio::time::timeout(CACHE_WAIT, cache.wait_until_ready())
-        .await
-        .ok()?;
-    Some(cache)
+    cache.ready_within(CACHE_WAIT).await.then_some(cache)
 }
 
 /// The upstream credential's current token, when the spec names one.

@@ -164,6 +164,15 @@ impl Dependents {
     }
 
     /// The credentials in `namespace` that depend on the Secret `name`.
+    /// Whether a credential reads the Secret `name` in `namespace`: one it names, or its own
+    /// state Secret.
+    pub fn reads(&self, namespace: &str, name: &str) -> bool {
+        let inner = self.lock();
+        let key = |n: &str| (namespace.to_string(), n.to_string());
+        inner.by_secret.contains_key(&key(name))
+            || state::owner_name(name).is_some_and(|pc| inner.by_credential.contains_key(&key(pc)))
+    }
+
     pub fn of(&self, namespace: &str, name: &str) -> Vec<ObjectRef<ProviderCredential>> {
         let inner = self.lock();
         inner
@@ -283,6 +292,9 @@ mod tests {
         assert_eq!(names(d.of("a", "two-token")), ["two"]);
         assert_eq!(names(d.of("b", "shared-in")), ["one"]);
         assert!(d.of("a", "unrelated").is_empty());
+        // what the Secret cache keeps data of: named Secrets, and each credential's own state
+        assert!(d.reads("a", "shared-in") && d.reads("a", "one-tokensync-state"));
+        assert!(!d.reads("a", "unrelated") && !d.reads("a", "three-tokensync-state"));
         // a spec change moves the dependency
         d.observe(None, &Event::Apply(pc("a", "two", "own-in", None)));
         assert_eq!(names(d.of("a", "shared-in")), ["one"]);
