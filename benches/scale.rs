@@ -1032,6 +1032,7 @@ impl Bench {
         self.baseline(true).await?;
         self.cold_sync().await?;
         if self.args.steady_secs > 0 {
+            self.wait_for_quiet_events("steady state").await?;
             self.steady().await?;
         }
         self.restart().await?;
@@ -1410,8 +1411,9 @@ impl Bench {
     }
 
     /// 5: SIGTERM and start again with every token valid for long.
-    /// Wait until no Event was written for 3 s (at most 5 minutes).
-    async fn wait_for_quiet_events(&self) -> Res {
+    /// Wait until no Event was written for 3 s (at most 5 minutes): events are published off
+    /// the reconciles' path, and those of one phase must not be counted in the next.
+    async fn wait_for_quiet_events(&self, phase: &str) -> Res {
         let started = Instant::now();
         let mut last =
             Writes::between(&ApiCounts::new(), &apiserver_counts(&self.client).await?).events();
@@ -1429,7 +1431,7 @@ impl Bench {
             }
         }
         log(format!(
-            "restart: the first process's events are out ({:.1} s)",
+            "{phase}: the events so far are out ({:.1} s)",
             started.elapsed().as_secs_f64()
         ));
         Ok(())
@@ -1467,7 +1469,7 @@ impl Bench {
         }
         // the first process publishes its events off the reconciles' path: let it finish
         // (events still queued would be published at its shutdown, inside the window)
-        self.wait_for_quiet_events().await?;
+        self.wait_for_quiet_events("restart").await?;
         let pid = self.operator()?.pid;
         self.peak_hwm_kib
             .fetch_max(proc_status_kib(pid, "VmHWM"), Ordering::SeqCst);
