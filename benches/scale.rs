@@ -1626,6 +1626,8 @@ fn target(key: &str, report: &serde_json::Map<String, Value>) -> Option<(String,
             let mean = report.get("mean_renewals_per_s")?.as_f64()?;
             (format!("<= 3 x mean = {:.1}", 3.0 * mean), v <= 3.0 * mean)
         }
+        // the issue sets 10 s at N = 1,000; at 10,000 the figure is reported, not judged
+        "restart_ready_s" if n > 1000.0 => return None,
         "restart_ready_s" => ("<= 10".to_string(), v <= 10.0),
         "peak_rss_mib" if n > 1000.0 => ("<= 256 (N = 10,000)".to_string(), v <= 256.0),
         "peak_rss_mib" => ("<= 64".to_string(), v <= 64.0),
