@@ -1,21 +1,23 @@
 //! The Secrets a reconcile reads, from memory instead of the apiserver: two label-selected
 //! watches keep the Secrets this controller writes (`app.kubernetes.io/managed-by=tokensync`:
 //! outputs and state) and the inputs Secrets their owners opted in (`tokensync.dev/inputs=true`).
-//! A reconcile with nothing to do sends no request at all, and a new credential reads nothing
-//! before its token request.
+//! A reconcile with nothing to do sends no request at all.
 //!
 //! What is kept, and what is not:
-//! - only Secrets a credential names (the [`Dependents`] index), with at most
-//!   [`MAX_CACHED_BYTES`] of data; anyone can label a Secret, so any other is kept as a stub
-//!   without data, and read from the apiserver when a credential comes to name it;
-//! - no `managedFields`, and of the annotations only tokensync's own (a client-side `kubectl
-//!   apply` copies the whole Secret into an annotation);
+//! - the data only of Secrets a credential reads (the [`Dependents`](super::Dependents) index:
+//!   the Secrets it names and its own state), with at most [`MAX_CACHED_BYTES`] of data and
+//!   [`MAX_CACHED_METADATA`] of metadata; anyone can label a Secret, so any other is kept as a
+//!   stub (name, version, uid, controller owner, selector label) and read from etcd when needed;
+//! - no `managedFields`, and of the annotations only the few tokensync reads (a client-side
+//!   `kubectl apply` copies the whole Secret into an annotation);
 //! - Secrets of every other kind are not watched at all. A CA bundle is read when a credential
-//!   that names one is reconciled.
+//!   that names one is reconciled. A Secret missing from the cache that may be in the way (one
+//!   that is not ours is not watched) is looked for at the apiserver's watch cache.
 //!
 //! Our own writes are read back at once: a write is kept in an overlay until the watch delivers
-//! it (or a relist that began after it ends), so a reconcile never sees a state Secret older
-//! than the one it wrote itself (a rotated refresh token presented twice is a dead session).
+//! it or a later version, the Secret is deleted or recreated, or a relist that delivered it (or
+//! began after it) ends, so a reconcile never sees a state Secret older than the one it wrote
+//! itself (a rotated refresh token presented twice is a dead session).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -466,20 +468,20 @@ pub async fn read(
     ns: &str,
     name: &str,
     absent: IfAbsent,
-) -> kube::Result<Option<Secret>> {
-    match cache.map(|c| c.get(ns, name)) {
-        Some(Cached::Present(s)) => Ok(Some(Secret::clone(&s))),
-        Some(Cached::Absent) if absent == IfAbsent::Absent => Ok(None),
+) -> Result<Option<Secret>, super::Error> {
+    Ok(match cache.map(|c| c.get(ns, name)) {
+        Some(Cached::Present(s)) => Some(Secret::clone(&s)),
+        Some(Cached::Absent) if absent == IfAbsent::Absent => None,
         // is a Secret that is not ours in the way? Served from the apiserver's watch cache,
         // not etcd: one that appears a moment later meets a create that fails (409)
         Some(Cached::Absent) => match secrets.get_with(name, &GetParams::any()).await {
-            Ok(s) => Ok(Some(s)),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-            Err(e) => Err(e),
+            Ok(s) => Some(s),
+            Err(kube::Error::Api(e)) if e.code == 404 => None,
+            Err(e) => return Err(e.into()),
         },
         // kept without data, or no cache (or reads that must be current): a quorum read
-        Some(Cached::Unknown) | None => secrets.get_opt(name).await,
-    }
+        Some(Cached::Unknown) | None => secrets.get_opt(name).await?,
+    })
 }
 
 /// What a Secret missing from the cache means.

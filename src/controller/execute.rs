@@ -271,10 +271,8 @@ impl Reconcile<'_> {
         }
         if let Err(kube::Error::Api(s)) = &result
             && s.code == 409
-            && let Some(cache) = self.ctx.caches.of(&self.pc.namespace().unwrap_or_default())
         {
-            // the apiserver has a newer version than we last wrote: read that one next time
-            cache.forget(&self.pc.namespace().unwrap_or_default(), &name);
+            self.forget(&name);
         }
         match result {
             Ok(()) => Ok(Ok(())),
@@ -320,6 +318,15 @@ impl Reconcile<'_> {
             .await?;
         self.wrote(&written);
         Ok(())
+    }
+
+    /// Forget our last write of the Secret `name`: a conflict said the apiserver has a newer
+    /// version, which the next read takes from the watch.
+    fn forget(&self, name: &str) {
+        let ns = self.pc.namespace().unwrap_or_default();
+        if let Some(cache) = self.ctx.caches.of(&ns) {
+            cache.forget(&ns, name);
+        }
     }
 
     /// Remember our own write: its watch event triggers nothing, and reads see it at once.
@@ -390,13 +397,13 @@ impl Reconcile<'_> {
     /// Write the state Secret: created when missing, otherwise replaced whole at the version
     /// last seen (the state is always written complete; a replace drops what it no longer
     /// holds, whoever created the Secret). A Secret of that name that is not ours is refused,
-    /// never written over; a version gone stale (409) is read again once.
+    /// never written over; one created, changed or deleted meanwhile (409, 404) is read again,
+    /// up to three attempts in all.
     pub(super) async fn apply_state(&self, state: &State) -> Result<(), Error> {
         let mut secret = state.build(&self.pc);
         let name = secret.name_any();
         let ns = self.pc.namespace().unwrap_or_default();
-        let cache = self.ctx.caches.of(&ns);
-        let mut version = match cache.as_ref().map(|c| c.get(&ns, &name)) {
+        let mut version = match self.ctx.caches.of(&ns).map(|c| c.get(&ns, &name)) {
             Some(Cached::Present(current)) => {
                 keep_foreign_metadata(&mut secret, &current);
                 current.resource_version()
@@ -423,9 +430,7 @@ impl Reconcile<'_> {
                 }
                 // created, changed or deleted meanwhile: as the apiserver has it now
                 Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) && attempts < 3 => {
-                    if let Some(c) = &cache {
-                        c.forget(&ns, &name);
-                    }
+                    self.forget(&name);
                     version = self.current_state_version(&name).await?;
                 }
                 Err(e) => return Err(e.into()),

@@ -119,30 +119,21 @@ pub async fn gather(
     };
     let state_name = state::name(&pc.name_any());
     let (output, inputs_secret, state_secret, upstream, http) = tokio::try_join!(
-        async {
-            let output = cache::read(
-                verified,
-                secrets,
-                &ns,
-                &spec.output.secret_name,
-                IfAbsent::Ask,
-            );
-            Ok::<_, Error>(output.await?)
-        },
-        async {
-            let inputs = cache::read(
-                cache.as_ref(),
-                secrets,
-                &ns,
-                &spec.inputs.secret_name,
-                IfAbsent::Ask,
-            );
-            Ok(inputs.await?)
-        },
-        async {
-            let state = cache::read(verified, secrets, &ns, &state_name, state_absent);
-            Ok(state.await?)
-        },
+        cache::read(
+            verified,
+            secrets,
+            &ns,
+            &spec.output.secret_name,
+            IfAbsent::Ask
+        ),
+        cache::read(
+            cache.as_ref(),
+            secrets,
+            &ns,
+            &spec.inputs.secret_name,
+            IfAbsent::Ask
+        ),
+        cache::read(verified, secrets, &ns, &state_name, state_absent),
         upstream(ctx, cache.as_ref(), secrets, &pc),
         http_client(ctx, secrets, &pc),
     )?;

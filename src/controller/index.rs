@@ -163,7 +163,6 @@ impl Dependents {
         }
     }
 
-    /// The credentials in `namespace` that depend on the Secret `name`.
     /// Whether a credential reads the Secret `name` in `namespace`: one it names, or its own
     /// state Secret.
     pub fn reads(&self, namespace: &str, name: &str) -> bool {
@@ -173,6 +172,7 @@ impl Dependents {
             || state::owner_name(name).is_some_and(|pc| inner.by_credential.contains_key(&key(pc)))
     }
 
+    /// The credentials in `namespace` that depend on the Secret `name`.
     pub fn of(&self, namespace: &str, name: &str) -> Vec<ObjectRef<ProviderCredential>> {
         let inner = self.lock();
         inner
