@@ -543,7 +543,9 @@ async fn apiserver_counts(client: &Client) -> Res<ApiCounts> {
             }
         }
         let verb = label.get("verb").copied().unwrap_or("");
-        if !WRITE_VERBS.contains(&verb) {
+        // reads are kept for `by_resource` (what the phase cost the apiserver); the write
+        // counts below filter them out; watches are long-lived and counted once
+        if verb == "WATCH" {
             continue;
         }
         let mut resource = label.get("resource").copied().unwrap_or("").to_string();
@@ -578,7 +580,11 @@ impl Writes {
     fn count(&self, which: impl Fn(&str) -> bool, ok_only: bool) -> u64 {
         self.0
             .iter()
-            .filter(|((r, _, code), _)| which(r) && (!ok_only || code.starts_with('2')))
+            .filter(|((r, verb, code), _)| {
+                which(r)
+                    && WRITE_VERBS.contains(&verb.as_str())
+                    && (!ok_only || code.starts_with('2'))
+            })
             .map(|(_, v)| v)
             .sum()
     }
@@ -968,6 +974,55 @@ fn cpu_ticks(pid: u32) -> Res<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// CPU ticks of every process sharing the machine's cores in a phase: the bench itself, the
+/// operator (when running), and the control plane (pids from the files `xtask/cluster.sh`
+/// writes beside the kubeconfig).
+struct CpuSnapshot(BTreeMap<&'static str, u64>);
+
+impl CpuSnapshot {
+    fn take(operator: Option<u32>) -> Self {
+        let mut ticks = BTreeMap::new();
+        let mut add = |name: &'static str, pid: Option<u32>| {
+            if let Some(t) = pid.and_then(|pid| cpu_ticks(pid).ok()) {
+                ticks.insert(name, t);
+            }
+        };
+        add("bench", Some(std::process::id()));
+        add("operator", operator.filter(|p| *p != 0));
+        let dir = std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .and_then(|k| k.parent().map(PathBuf::from));
+        for name in ["kube-apiserver", "etcd", "kube-controller-manager"] {
+            let pid = dir.as_ref().and_then(|d| {
+                std::fs::read_to_string(d.join(format!("{name}.pid")))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            });
+            add(name, pid);
+        }
+        CpuSnapshot(ticks)
+    }
+
+    /// CPU seconds per process since `before`, and their sum.
+    fn since(&self, before: &CpuSnapshot) -> Value {
+        let hz = clock_ticks_per_second();
+        let mut out = serde_json::Map::new();
+        let mut total = 0.0;
+        for (name, after) in &self.0 {
+            let Some(b) = before.0.get(name) else {
+                continue;
+            };
+            let s = after.saturating_sub(*b) as f64 / hz;
+            total += s;
+            out.insert((*name).to_string(), round(s, 1));
+        }
+        out.insert("total".into(), round(total, 1));
+        Value::Object(out)
+    }
+}
+
 fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -1000,6 +1055,8 @@ struct Bench {
     logs: PathBuf,
     report: BTreeMap<&'static str, Value>,
     writes_by_resource: BTreeMap<&'static str, Value>,
+    /// CPU seconds per process in the timed phases.
+    cpu_by_phase: BTreeMap<&'static str, Value>,
 }
 
 fn round(v: f64, places: i32) -> Value {
@@ -1128,6 +1185,7 @@ impl Bench {
                 String::new()
             }
         ));
+        let cpu_before = CpuSnapshot::take(None);
         let started = Instant::now();
         for_each(n, CLIENT_CONCURRENCY, |i| {
             let (secrets, pcs, events) = (secrets.clone(), pcs.clone(), events.clone());
@@ -1165,7 +1223,9 @@ impl Bench {
         })
         .await?;
         let took = started.elapsed().as_secs_f64();
-        log(format!("{what}: {took:.2} s"));
+        let cpu = CpuSnapshot::take(None).since(&cpu_before);
+        log(format!("{what}: {took:.2} s; CPU seconds {cpu}"));
+        self.cpu_by_phase.insert(what, cpu);
         if floor {
             self.set("floor_s", round(took, 2));
         } else {
@@ -1231,6 +1291,7 @@ impl Bench {
         let writes_before = apiserver_counts(&self.client).await?;
         let requests_before = token_requests(&self.fakes);
         log("cold sync: starting the operator");
+        let cpu_before = CpuSnapshot::take(None);
         let started = Instant::now();
         let operator = Operator::spawn(self.logs.join("operator-1.log"))?;
         self.pid.store(operator.pid, Ordering::SeqCst);
@@ -1260,6 +1321,12 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let cold = started.elapsed().as_secs_f64();
+        // the operator started after the first snapshot: all its CPU time is the phase's
+        let mut cpu_before = cpu_before;
+        cpu_before.0.insert("operator", 0);
+        let cpu = CpuSnapshot::take(Some(self.pid.load(Ordering::SeqCst))).since(&cpu_before);
+        log(format!("cold sync: CPU seconds {cpu}"));
+        self.cpu_by_phase.insert("cold_sync", cpu);
         // let the last writes land before counting them
         tokio::time::sleep(Duration::from_secs(1)).await;
         let writes = Writes::between(&writes_before, &apiserver_counts(&self.client).await?);
@@ -1675,6 +1742,7 @@ async fn main_inner(args: Args) -> Res<Value> {
         logs,
         report: BTreeMap::new(),
         writes_by_resource: BTreeMap::new(),
+        cpu_by_phase: BTreeMap::new(),
     };
     log(format!(
         "n {}, unrelated {}, steady {} s, latency {} ms; operator {}, its logs in {}",
@@ -1716,6 +1784,7 @@ async fn main_inner(args: Args) -> Res<Value> {
         }
     }
     report.insert("writes_by_resource".into(), json!(bench.writes_by_resource));
+    report.insert("cpu_s_by_phase".into(), json!(bench.cpu_by_phase));
     print_table(&report);
     let json = Value::Object(report);
     let out = &bench.args.out;

@@ -88,6 +88,16 @@ struct RunArgs {
     identity: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENSYNC_LOG_FORMAT")]
     log_format: LogFormat,
+    /// How the watches list: `auto` streams when the apiserver serves streaming lists
+    /// (Kubernetes 1.32, 1.34 and later), else pages; `pages` always pages.
+    #[arg(long, value_enum, default_value_t = ListsArg::Auto, env = "TOKENSYNC_LISTS")]
+    lists: ListsArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ListsArg {
+    Auto,
+    Pages,
 }
 
 #[derive(clap::Args)]
@@ -175,6 +185,10 @@ async fn run(args: RunArgs) -> std::process::ExitCode {
         concurrency: args.concurrency,
         max_revoke_attempts: args.max_revoke_attempts.max(1),
         leader_election: args.leader_elect,
+        lists: match args.lists {
+            ListsArg::Auto => None,
+            ListsArg::Pages => Some(tokensync::controller::lists::Lists::Pages),
+        },
         ..Config::default()
     };
     let ctx = match Context::new(client, config) {

@@ -12,6 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use tokensync::controller::lists::{self, Lists};
 use tokensync::controller::{Config, Context};
 use tokensync::crd::ProviderCredential;
 use tokensync::election;
@@ -25,6 +26,46 @@ const WAIT: Duration = Duration::from_secs(60);
 fn example(name: &str, base: &str) -> String {
     let text = std::fs::read_to_string(root().join("examples").join(name)).unwrap();
     tokensync_fakes::rewrite_urls(&text, base)
+}
+
+/// The watches list as a stream where the apiserver serves streaming lists (the local one is
+/// 1.35: the probe must say so), and in pages where it does not (forced here): credentials and
+/// inputs that exist before the operator starts are listed either way.
+#[tokio::test]
+async fn watches_list_as_a_stream_or_in_pages() {
+    let (client, ns, fakes) = setup("lists").await;
+    assert_eq!(lists::probe(&ns.api::<Secret>()).await, Lists::Streaming);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    let operator = Operator::start_with(
+        &client,
+        Config {
+            namespaces: vec![ns.name.clone()],
+            allow_insecure_http: true,
+            lists: Some(Lists::Pages),
+            ..Config::default()
+        },
+    );
+    ns.wait_ready(AA, "True", None).await;
+    assert_eq!(fakes.state.count(AA_ROUTE), 1);
+    operator.stop().await;
+    // a restart that streams what the first one wrote, and then watches: the output Secret
+    // deleted by hand is written again
+    let operator = Operator::start(&client, &ns.name);
+    let secrets = ns.api::<Secret>();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token");
+    secrets
+        .delete(AA_SECRET, &DeleteParams::default())
+        .await
+        .unwrap();
+    let after = eventually("the Secret rewritten", WAIT, || async {
+        let s = secrets.get_opt(AA_SECRET).await.ok()??;
+        secret_text(&s, "token")
+    })
+    .await;
+    assert_ne!(Some(after), before);
+    operator.stop().await;
+    ns.delete().await;
 }
 
 #[tokio::test]

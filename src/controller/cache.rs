@@ -37,9 +37,9 @@ use super::output::{MANAGED_BY_LABEL, MANAGER};
 pub const MAX_CACHED_BYTES: usize = 64 * 1024;
 /// Marks a Secret kept without its data.
 const STUB: &str = "tokensync.dev/cache-stub";
-/// Secrets listed per page when a watch (re)lists: a page is held whole while it is read, and a
-/// Secret's metadata can be as large as its data (client-side `kubectl apply` keeps a copy in
-/// an annotation), so pages stay small.
+/// Secrets listed per page when a watch (re)lists in pages (a streaming list has none): a page
+/// is held whole while it is read, and a Secret's metadata can be as large as its data
+/// (client-side `kubectl apply` keeps a copy in an annotation), so pages stay small.
 const PAGE: u32 = 50;
 
 /// (namespace, name)
@@ -374,6 +374,7 @@ fn data_bytes(secret: &Secret) -> usize {
 /// changed (or were deleted), for the controller to map to credentials.
 pub fn watch(
     api: Api<Secret>,
+    lists: super::lists::Lists,
     scope: Option<String>,
     credentials: Store<crate::crd::ProviderCredential>,
     ctx: Arc<Context>,
@@ -394,7 +395,7 @@ pub fn watch(
             listed.clone(),
         );
         let failed = listed.clone();
-        let config = watcher::Config::default().labels(&selector).page_size(PAGE);
+        let config = lists.config(PAGE).labels(&selector);
         let secrets = watcher(api, config)
             .default_backoff()
             .modify(move |s: &mut Secret| {

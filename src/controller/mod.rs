@@ -5,6 +5,7 @@ mod events;
 mod execute;
 mod gather;
 mod index;
+pub mod lists;
 mod output;
 mod plan;
 mod reconcile;
@@ -52,6 +53,8 @@ pub struct Config {
     pub max_revoke_attempts: u32,
     /// Whether the controllers run only while holding a leader lease (for readiness).
     pub leader_election: bool,
+    /// How the watches list; `None`: asked of the apiserver ([`lists::probe`]).
+    pub lists: Option<lists::Lists>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             reporter: "tokensync".into(),
             max_revoke_attempts: 5,
             leader_election: false,
+            lists: None,
         }
     }
 }
@@ -244,6 +248,9 @@ fn triggers(pc: &ProviderCredential) -> Option<u64> {
 
 /// How long a reconcile waits after its last trigger (see `run_one`).
 const DEBOUNCE: Duration = Duration::from_secs(1);
+/// ProviderCredentials per page when the watch lists in pages (kube's default; each is trimmed
+/// of managedFields and last-applied copies once read).
+const CREDENTIALS_PAGE: u32 = 500;
 
 /// What the controller keeps of a ProviderCredential: not its managed fields nor a client-side
 /// apply's copy of the whole object.
@@ -289,7 +296,12 @@ async fn run_one(
     let (store, writer) = reflector::store();
     let index_ctx = ctx.clone();
     let scope = ns.clone();
-    let credentials = watcher(pcreds, watcher::Config::default().any_semantic())
+    let secrets: Api<Secret> = api(&ctx.client, ns.as_deref());
+    let lists = match ctx.config.lists {
+        Some(lists) => lists,
+        None => lists::probe(&secrets).await,
+    };
+    let credentials = watcher(pcreds, lists.config(CREDENTIALS_PAGE).any_semantic())
         .modify(trim)
         .map_ok(move |event| {
             for upstream in index_ctx.dependents.observe(scope.as_deref(), &event) {
@@ -330,8 +342,8 @@ async fn run_one(
     // controller writes, and the opted-in inputs Secrets. They keep what reconciles read, and
     // map a changed or deleted Secret back to the credentials that depend on it (a lookup in
     // the index, not a scan). A Secret event carrying our own write maps to nothing.
-    let secrets: Api<Secret> = api(&ctx.client, ns.as_deref());
-    let (cache, [managed, inputs]) = cache::watch(secrets, ns.clone(), store.clone(), ctx.clone());
+    let (cache, [managed, inputs]) =
+        cache::watch(secrets, lists, ns.clone(), store.clone(), ctx.clone());
     let _cache = ctx.caches.register(cache);
     let mapper = |ctx: Arc<Context>| {
         move |secret: Secret| {

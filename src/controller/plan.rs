@@ -434,6 +434,22 @@ fn keeps_token(snap: &Snapshot) -> bool {
     revocable || snap.upstream_of_others
 }
 
+/// Whether a credential's first token may have to be stored in its state Secret: anything but
+/// an OAuth 2.0 client-credentials grant may come with a refresh token, a grant that spends a
+/// one-time input stores its token with the input's use, a revocable token is kept to be
+/// revoked, and an upstream's token is read by its dependents. A client-credentials token
+/// (which RFC 6749 says comes without a refresh token) can always be asked for again.
+pub fn state_written_by_first_token(
+    spec: &ProviderCredentialSpec,
+    upstream_of_others: bool,
+) -> bool {
+    let client_credentials = spec
+        .oauth2
+        .as_ref()
+        .is_some_and(|o| o.grant_type == GrantType::ClientCredentials);
+    !client_credentials || upstream_of_others || one_time_grant(spec)
+}
+
 /// Put `token` into `state` (to be written out later, or read as an upstream token).
 fn hold_token(state: &mut State, snap: &Snapshot, token: &Token) {
     state.token = Some(token.value.clone());

@@ -946,3 +946,34 @@ fn a_new_upstream_puts_its_token_into_the_state() {
     fresh.upstream_of_others = true;
     assert!(matches!(plan(&fresh, t(1)), Plan::Wait { until, .. } if until == t(5)));
 }
+
+/// Which new credentials have their state Secret's name looked up before the first request:
+/// those whose first answer may have to be stored there.
+#[test]
+fn the_state_is_looked_for_before_a_first_token_that_may_be_stored_there() {
+    let cases = [
+        (GrantType::ClientCredentials, false, false),
+        (GrantType::ClientCredentials, true, true),
+        (GrantType::Password, false, true),
+        (GrantType::AuthorizationCode, false, true),
+        (GrantType::RefreshToken, false, true),
+    ];
+    for (grant, upstream_of_others, expected) in cases {
+        let pc = credential(grant);
+        assert_eq!(
+            state_written_by_first_token(&pc.spec, upstream_of_others),
+            expected,
+            "{grant:?}, upstream of others: {upstream_of_others}"
+        );
+    }
+    let mut http = credential(GrantType::ClientCredentials);
+    http.spec.oauth2 = None;
+    http.spec.http = Some(
+        serde_json::from_value(serde_json::json!({
+            "login": {"url": "https://vendor.example/login"},
+            "response": {"token": "/token"}
+        }))
+        .unwrap(),
+    );
+    assert!(state_written_by_first_token(&http.spec, false));
+}
