@@ -1073,6 +1073,39 @@ impl Bench {
         self.operator.as_mut().ok_or_else(|| "no operator".into())
     }
 
+    /// Wait until the control plane is idle (at most 5 minutes): the garbage collector works
+    /// through a deleted namespace's objects long after the namespace is gone (live GETs of
+    /// each dependent), and that work must not be counted against the next phase.
+    async fn wait_for_quiet_control_plane(&self, phase: &str) {
+        const WINDOW: Duration = Duration::from_secs(2);
+        // idle, the three use about 0.1 s of CPU in 2 s
+        const QUIET_CPU_S: f64 = 0.4;
+        let started = Instant::now();
+        loop {
+            let before = CpuSnapshot::take(None);
+            tokio::time::sleep(WINDOW).await;
+            let used = CpuSnapshot::take(None).since(&before);
+            let busy: f64 = ["kube-apiserver", "etcd", "kube-controller-manager"]
+                .iter()
+                .filter_map(|k| used[*k].as_f64())
+                .sum();
+            if busy <= QUIET_CPU_S {
+                log(format!(
+                    "{phase}: the control plane is idle ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                ));
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                log(format!(
+                    "warning: {phase}: the control plane still uses {busy:.1} CPU seconds in {} s; going on",
+                    WINDOW.as_secs()
+                ));
+                return;
+            }
+        }
+    }
+
     fn set(&mut self, key: &'static str, value: Value) {
         self.report.insert(key, value);
     }
@@ -1185,6 +1218,7 @@ impl Bench {
                 String::new()
             }
         ));
+        self.wait_for_quiet_control_plane(what).await;
         let cpu_before = CpuSnapshot::take(None);
         let started = Instant::now();
         for_each(n, CLIENT_CONCURRENCY, |i| {
@@ -1288,6 +1322,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        self.wait_for_quiet_control_plane("cold sync").await;
         let writes_before = apiserver_counts(&self.client).await?;
         let requests_before = token_requests(&self.fakes);
         log("cold sync: starting the operator");
@@ -1462,6 +1497,14 @@ impl Bench {
         self.set("renewals", json!(renewals));
         self.set("requests_per_lifetime", per_renewal(requests as f64));
         self.set("writes_per_renewal", per_renewal(all_writes as f64));
+        // what the project's rules require: the output Secret and the status of every renewal,
+        // and the state Secret of every refresh token that rotated (stored before anything
+        // else can fail); the bench's watch counts the state Secret changes
+        let rotated = seen_after.state_changes - seen_before.state_changes;
+        self.set(
+            "writes_per_renewal_floor",
+            per_renewal((2 * renewals as u64 + rotated) as f64),
+        );
         self.set("events_per_renewal", per_renewal(writes.events() as f64));
         self.set(
             "noop_writes",
@@ -1537,6 +1580,7 @@ impl Bench {
         // the first process publishes its events off the reconciles' path: let it finish
         // (events still queued would be published at its shutdown, inside the window)
         self.wait_for_quiet_events("restart").await?;
+        self.wait_for_quiet_control_plane("restart").await;
         let pid = self.operator()?.pid;
         self.peak_hwm_kib
             .fetch_max(proc_status_kib(pid, "VmHWM"), Ordering::SeqCst);
@@ -1662,6 +1706,7 @@ const KEYS: &[&str] = &[
     "cold_sync_over_floor",
     "requests_per_lifetime",
     "writes_per_renewal",
+    "writes_per_renewal_floor",
     "events_per_renewal",
     "noop_writes",
     "peak_renewals_per_s",

@@ -36,11 +36,14 @@ impl Events {
         }
     }
 
-    /// Start the workers that publish through `recorder` (once; later calls do nothing).
-    pub fn start(&self, recorder: &Recorder) {
+    /// Start the workers, each publishing through a recorder of its own (once; later calls do
+    /// nothing). A recorder keeps the events it published (for series) and sweeps all of them
+    /// at every publish: one per worker sweeps a quarter, and an object's events all go
+    /// through one worker, so its series stays whole.
+    pub fn start(&self, recorder: impl Fn() -> Recorder) {
         let rxs = std::mem::take(&mut *self.rxs.lock().unwrap_or_else(|e| e.into_inner()));
         for mut rx in rxs {
-            let recorder = recorder.clone();
+            let recorder = recorder();
             tokio::spawn(async move {
                 futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
                     .for_each(|(event, reference)| {

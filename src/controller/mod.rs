@@ -77,7 +77,6 @@ impl Default for Config {
 pub struct Context {
     pub client: Client,
     pub http: reqwest::Client,
-    pub recorder: Recorder,
     pub egress: Egress,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -114,17 +113,9 @@ impl Slots {
 
 impl Context {
     pub fn new(client: Client, config: Config) -> Result<Self, reqwest::Error> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: config.reporter.clone(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
         Ok(Self {
             http: providers::http_client(config.request_timeout, &[])?,
             client,
-            recorder,
             egress: Egress {
                 allow_insecure_http: config.allow_insecure_http,
                 allowed_hosts: config.allowed_hosts.clone(),
@@ -139,6 +130,17 @@ impl Context {
             events: events::Events::new(),
             config,
         })
+    }
+
+    /// A recorder of Events, reporting as this controller (and pod).
+    fn new_recorder(&self) -> Recorder {
+        Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: self.config.reporter.clone(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        )
     }
 
     /// An HTTP client that also trusts the CA certificates in `pem` (on top of the system roots).
@@ -266,7 +268,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
-    ctx.events.start(&ctx.recorder);
+    ctx.events.start(|| ctx.new_recorder());
     let namespaces: Vec<Option<String>> = if ctx.config.namespaces.is_empty() {
         vec![None]
     } else {
