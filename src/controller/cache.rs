@@ -31,6 +31,7 @@ use kube::{Api, ResourceExt};
 
 use super::Context;
 use super::gather::INPUTS_LABEL;
+use super::lists::Lists;
 use super::output::{MANAGED_BY_LABEL, MANAGER};
 
 /// Data kept per Secret at most; a larger Secret is read from the apiserver when needed.
@@ -374,7 +375,7 @@ fn data_bytes(secret: &Secret) -> usize {
 /// changed (or were deleted), for the controller to map to credentials.
 pub fn watch(
     api: Api<Secret>,
-    lists: super::lists::Lists,
+    lists: Lists,
     scope: Option<String>,
     credentials: Store<crate::crd::ProviderCredential>,
     ctx: Arc<Context>,
@@ -395,8 +396,14 @@ pub fn watch(
             listed.clone(),
         );
         let failed = listed.clone();
-        let config = lists.config(PAGE).labels(&selector);
-        let secrets = watcher(api, config)
+        // the outputs and state Secrets are listed consistently, in pages: a streaming list is
+        // served from the apiserver's watch cache at whatever version it has, and a state
+        // Secret older than the last one written (behind a lagging apiserver, after a leader
+        // handover) would present a refresh token that has rotated already; the inputs
+        // stream when the apiserver can (an older version of them is only a failed request)
+        let lists = if index == 0 { Lists::Pages } else { lists };
+        let config = watcher::Config::default().labels(&selector);
+        let secrets = super::lists::watch(api, lists, config, PAGE)
             .default_backoff()
             .modify(move |s: &mut Secret| {
                 let named = ctx

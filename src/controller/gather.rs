@@ -107,9 +107,10 @@ pub async fn gather(
     // A Secret the cache does not have may still be in the way (one that is not ours is not
     // watched), so it is looked for at the apiserver before any request: the output whenever
     // it is missing (a new credential, a renamed output), the state until this credential has
-    // written a token, and only when the first answer may have to be stored there (a refresh
-    // token, a token to revoke or to hand to dependents; not a client-credentials token,
-    // which can be asked for again).
+    // written a token, when the first answer may have to be stored there (a refresh token, a
+    // token to revoke or to hand to dependents; not a client-credentials token, which can be
+    // asked for again) or once an attempt has failed (a vendor that sent a refresh token with
+    // client credentials into a name someone else holds: one request wasted, not one a retry).
     let written_before = pc
         .status
         .as_ref()
@@ -117,12 +118,14 @@ pub async fn gather(
     let upstream_of_others = ctx
         .dependents
         .is_upstream(&pc.namespace().unwrap_or_default(), &pc.name_any());
-    let state_absent =
-        if written_before || !plan::state_written_by_first_token(spec, upstream_of_others) {
-            IfAbsent::Absent
-        } else {
-            IfAbsent::Ask
-        };
+    let failed_before = pc.status.as_ref().is_some_and(|s| s.last_failure.is_some());
+    let state_absent = if written_before
+        || !(failed_before || plan::state_written_by_first_token(spec, upstream_of_others))
+    {
+        IfAbsent::Absent
+    } else {
+        IfAbsent::Ask
+    };
     let state_name = state::name(&pc.name_any());
     let (output, inputs_secret, state_secret, upstream, http) = tokio::try_join!(
         cache::read(

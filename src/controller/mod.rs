@@ -303,19 +303,27 @@ async fn run_one(
         Some(lists) => lists,
         None => lists::probe(&secrets).await,
     };
-    let credentials = watcher(pcreds, lists.config(CREDENTIALS_PAGE).any_semantic())
-        .modify(trim)
-        .map_ok(move |event| {
-            for upstream in index_ctx.dependents.observe(scope.as_deref(), &event) {
-                let _ = wake.unbounded_send(upstream);
-            }
-            event
-        })
-        .reflect(writer)
-        .applied_objects()
-        // a change of the status alone (our own writes) triggers nothing: the reconcile that
-        // wrote it has planned its next wake
-        .predicate_filter(triggers, Default::default());
+    // a credential read from a lagging watch cache is safe: a status written from it is applied
+    // at the resourceVersion read (a 409 when older), and Secrets come from consistent lists
+    let credentials = lists::watch(
+        pcreds,
+        lists,
+        watcher::Config::default().any_semantic(),
+        CREDENTIALS_PAGE,
+    )
+    .default_backoff()
+    .modify(trim)
+    .map_ok(move |event| {
+        for upstream in index_ctx.dependents.observe(scope.as_deref(), &event) {
+            let _ = wake.unbounded_send(upstream);
+        }
+        event
+    })
+    .reflect(writer)
+    .applied_objects()
+    // a change of the status alone (our own writes) triggers nothing: the reconcile that
+    // wrote it has planned its next wake
+    .predicate_filter(triggers, Default::default());
     let controller = Controller::for_stream(credentials, store.clone()).reconcile_on(woken);
     let _store_guard = ctx.metrics.watch_store(store.clone());
     let health = ctx.health.clone();
