@@ -68,6 +68,43 @@ async fn watches_list_as_a_stream_or_in_pages() {
     ns.delete().await;
 }
 
+/// A new client-credentials credential asks before looking for its state Secret (nothing it is
+/// issued needs storing there, usually); Altitude Angel sends a refresh token with it, and a
+/// Secret someone else made holds the state's name: the refresh token cannot be kept, and each
+/// retry looks first instead of asking again.
+#[tokio::test]
+async fn a_state_name_held_by_someone_else_costs_one_request_not_one_per_retry() {
+    let (client, ns, fakes) = setup("statename").await;
+    let secrets: Api<Secret> = ns.api();
+    let foreign: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{AA}-tokensync-state")},
+        "stringData": {"note": "somebody else's"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns.name);
+    ns.apply_example(AA_EXAMPLE, &fakes).await;
+    ns.wait_failing(AA, "SecretOwnedElsewhere").await;
+    eventually("a retry after the failure", WAIT, || async {
+        let pc = ns.pcred(AA).await;
+        (pc.status?.last_failure?.count >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        fakes.state.count(AA_ROUTE),
+        1,
+        "{:?}",
+        fakes.state.counters()
+    );
+    let kept = secrets.get(&format!("{AA}-tokensync-state")).await.unwrap();
+    assert!(kept.owner_references().is_empty());
+    operator.stop().await;
+    ns.delete().await;
+}
+
 #[tokio::test]
 async fn a_foreign_secret_is_never_overwritten() {
     let (client, ns, fakes) = setup("foreign").await;

@@ -107,10 +107,11 @@ pub async fn gather(
     // A Secret the cache does not have may still be in the way (one that is not ours is not
     // watched), so it is looked for at the apiserver before any request: the output whenever
     // it is missing (a new credential, a renamed output), the state until this credential has
-    // written a token, when the first answer may have to be stored there (a refresh token, a
+    // written a token and the first answer may have to be stored there (a refresh token, a
     // token to revoke or to hand to dependents; not a client-credentials token, which can be
-    // asked for again) or once an attempt has failed (a vendor that sent a refresh token with
-    // client credentials into a name someone else holds: one request wasted, not one a retry).
+    // asked for again), and whenever the last attempt failed (a vendor that sends a refresh
+    // token with client credentials into a name someone else holds: one request wasted, not
+    // one per retry).
     let written_before = pc
         .status
         .as_ref()
@@ -119,13 +120,9 @@ pub async fn gather(
         .dependents
         .is_upstream(&pc.namespace().unwrap_or_default(), &pc.name_any());
     let failed_before = pc.status.as_ref().is_some_and(|s| s.last_failure.is_some());
-    let state_absent = if written_before
-        || !(failed_before || plan::state_written_by_first_token(spec, upstream_of_others))
-    {
-        IfAbsent::Absent
-    } else {
-        IfAbsent::Ask
-    };
+    let ask = failed_before
+        || (!written_before && plan::state_written_by_first_token(spec, upstream_of_others));
+    let state_absent = if ask { IfAbsent::Ask } else { IfAbsent::Absent };
     let state_name = state::name(&pc.name_any());
     let (output, inputs_secret, state_secret, upstream, http) = tokio::try_join!(
         cache::read(

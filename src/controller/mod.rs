@@ -311,7 +311,6 @@ async fn run_one(
         watcher::Config::default().any_semantic(),
         CREDENTIALS_PAGE,
     )
-    .default_backoff()
     .modify(trim)
     .map_ok(move |event| {
         for upstream in index_ctx.dependents.observe(scope.as_deref(), &event) {
