@@ -68,23 +68,27 @@ async fn watches_list_as_a_stream_or_in_pages() {
     ns.delete().await;
 }
 
-/// A new client-credentials credential asks before looking for its state Secret (nothing it is
-/// issued needs storing there, usually); Altitude Angel sends a refresh token with it, and a
-/// Secret someone else made holds the state's name: the refresh token cannot be kept, and each
-/// retry looks first instead of asking again.
-#[tokio::test]
-async fn a_state_name_held_by_someone_else_costs_one_request_not_one_per_retry() {
-    let (client, ns, fakes) = setup("statename").await;
-    let secrets: Api<Secret> = ns.api();
+/// A Secret someone else made, named `name`, holding "somebody else's" under `key`.
+async fn create_foreign(secrets: &Api<Secret>, name: &str, key: &str) {
     let foreign: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": format!("{AA}-tokensync-state")},
-        "stringData": {"note": "somebody else's"}
+        "metadata": {"name": name}, "stringData": {key: "somebody else's"}
     }))
     .unwrap();
     secrets
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap();
+}
+
+/// A new client-credentials credential asks the vendor without looking for its state Secret
+/// first (what it is issued rarely needs storing there). Altitude Angel sends a refresh token
+/// with it, and a Secret someone else made holds the state's name: the refresh token cannot be
+/// kept, and each retry looks first instead of asking again.
+#[tokio::test]
+async fn a_state_name_held_by_someone_else_costs_one_request_not_one_per_retry() {
+    let (client, ns, fakes) = setup("statename").await;
+    let secrets: Api<Secret> = ns.api();
+    create_foreign(&secrets, &format!("{AA}-tokensync-state"), "note").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     ns.wait_failing(AA, "SecretOwnedElsewhere").await;
@@ -109,14 +113,7 @@ async fn a_state_name_held_by_someone_else_costs_one_request_not_one_per_retry()
 async fn a_foreign_secret_is_never_overwritten() {
     let (client, ns, fakes) = setup("foreign").await;
     let secrets: Api<Secret> = ns.api();
-    let foreign: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": AA_SECRET}, "stringData": {"token": "somebody else's"}
-    }))
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &foreign)
-        .await
-        .unwrap();
+    create_foreign(&secrets, AA_SECRET, "token").await;
     let operator = Operator::start(&client, &ns.name);
     ns.apply_example(AA_EXAMPLE, &fakes).await;
     let pc = ns.wait_failing(AA, "SecretOwnedElsewhere").await;
