@@ -54,18 +54,24 @@ async fn watches_list_as_a_stream_or_in_pages() {
     let secrets = ns.api::<Secret>();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = secret_text(&secrets.get(AA_SECRET).await.unwrap(), "token");
-    secrets
-        .delete(AA_SECRET, &DeleteParams::default())
-        .await
-        .unwrap();
-    let after = eventually("the Secret rewritten", WAIT, || async {
-        let s = secrets.get_opt(AA_SECRET).await.ok()??;
-        secret_text(&s, "token")
-    })
-    .await;
+    let after = delete_and_await_rewrite(&secrets, AA_SECRET).await;
     assert_ne!(Some(after), before);
     operator.stop().await;
     ns.delete().await;
+}
+
+/// Delete the output Secret `name` by hand and wait until the operator has written it again;
+/// its new token.
+async fn delete_and_await_rewrite(secrets: &Api<Secret>, name: &str) -> String {
+    secrets
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the Secret rewritten", WAIT, || async {
+        let s = secrets.get_opt(name).await.ok()??;
+        secret_text(&s, "token")
+    })
+    .await
 }
 
 /// A Secret someone else made, named `name`, holding "somebody else's" under `key`.
@@ -160,15 +166,7 @@ async fn changed_inputs_give_a_new_token_and_a_deleted_secret_is_rewritten() {
     .await;
 
     // the managed Secret is deleted by hand: it is written again
-    secrets
-        .delete(AA_SECRET, &DeleteParams::default())
-        .await
-        .unwrap();
-    let third = eventually("the Secret rewritten", WAIT, || async {
-        let s = secrets.get_opt(AA_SECRET).await.ok()??;
-        secret_text(&s, "token")
-    })
-    .await;
+    let third = delete_and_await_rewrite(&secrets, AA_SECRET).await;
     // the access token is not kept in the state Secret (nothing reads it back; issue 11 keeps
     // renewals at two writes): the Secret is written again with one new token, by the refresh
     // token Altitude Angel issued with the last one

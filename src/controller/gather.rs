@@ -116,9 +116,7 @@ pub async fn gather(
         .status
         .as_ref()
         .is_some_and(|s| s.token_fingerprint.is_some());
-    let upstream_of_others = ctx
-        .dependents
-        .is_upstream(&pc.namespace().unwrap_or_default(), &pc.name_any());
+    let upstream_of_others = ctx.dependents.is_upstream(&ns, &pc.name_any());
     let failed_before = pc.status.as_ref().is_some_and(|s| s.last_failure.is_some());
     let ask = failed_before
         || (!written_before && plan::state_written_by_first_token(spec, upstream_of_others));

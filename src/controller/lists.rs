@@ -4,7 +4,7 @@
 //! A streaming list sends the initial objects as watch events, one at a time, from the
 //! apiserver's watch cache: no page is buffered whole (a Secret's metadata can be as large as
 //! its data), and no round trip per page (10,000 inputs Secrets are 200 pages of 50). Whether
-//! it is served is asked once per controller with a watch that matches nothing. The credentials
+//! it is served is asked once at start with a watch that matches nothing. The credentials
 //! and the inputs Secrets stream; the outputs and state Secrets are always listed in pages,
 //! which are consistent reads (see cache.rs).
 

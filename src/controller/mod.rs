@@ -277,10 +277,19 @@ pub async fn run(
         unique.into_iter().cloned().map(Some).collect()
     };
     ctx.health.starting(namespaces.len());
+    // whether the apiserver serves streaming lists is its own property: asked once, in the
+    // first watched scope (the operator's RBAC may be namespaced)
+    let lists = match ctx.config.lists {
+        Some(lists) => lists,
+        None => {
+            let scope = namespaces.first().cloned().flatten();
+            lists::probe(&api(&ctx.client, scope.as_deref())).await
+        }
+    };
     futures::future::join_all(
         namespaces
             .into_iter()
-            .map(|ns| run_one(ctx.clone(), ns, shutdown.clone())),
+            .map(|ns| run_one(ctx.clone(), ns, lists, shutdown.clone())),
     )
     .await;
     // what the last reconciles queued still goes out (within the termination grace period)
@@ -290,6 +299,7 @@ pub async fn run(
 async fn run_one(
     ctx: Arc<Context>,
     ns: Option<String>,
+    lists: lists::Lists,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let pcreds: Api<ProviderCredential> = api(&ctx.client, ns.as_deref());
@@ -299,10 +309,6 @@ async fn run_one(
     let index_ctx = ctx.clone();
     let scope = ns.clone();
     let secrets: Api<Secret> = api(&ctx.client, ns.as_deref());
-    let lists = match ctx.config.lists {
-        Some(lists) => lists,
-        None => lists::probe(&secrets).await,
-    };
     // a credential read from a lagging watch cache is safe: a status written from it is applied
     // at the resourceVersion read (a 409 when older), and Secrets come from consistent lists
     let credentials = lists::watch(
